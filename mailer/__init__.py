@@ -1,0 +1,1 @@
+"""mailer: a self-hosted mail-seminar engine."""

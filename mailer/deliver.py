@@ -1,0 +1,294 @@
+"""Claim due ledger rows -> render -> send -> mark: the pipeline every worker runs.
+
+The ledger is the truth. A row is claimed with a lease, re-checked just before SMTP (an
+unsubscribe skips it), and marked sent in small groups as soon as SMTP accepts it, so a crash
+re-sends at most the group in flight and never loses a mail.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from datetime import datetime
+
+from jinja2 import TemplateError
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from mailer import enrolment as cursor
+from mailer import schedule, store
+from mailer.config import Site
+from mailer.db import session_scope
+from mailer.errors import DeliveryError, PermanentDeliveryError
+from mailer.models import Delivery, Enrolment, Subscriber
+from mailer.render import MailTemplate, Recipient, Renderer
+from mailer.send import Connection, Transport
+from mailer.sequences import Catalog
+
+log = logging.getLogger(__name__)
+
+# RFC 3463: 5.1.x is a bad address, 5.2.1 a disabled mailbox. Without an enhanced code, 550,
+# 551 and 553 say the same about the mailbox. Either way the address is never written to again.
+_SUPPRESS_ENHANCED = re.compile(r"\b5\.(?:1\.\d{1,3}|2\.1)\b")
+_ENHANCED = re.compile(r"\b[245]\.\d{1,3}\.\d{1,3}\b")
+
+
+def suppresses(error: PermanentDeliveryError) -> bool:
+    text = str(error)
+    if _ENHANCED.search(text):
+        return bool(_SUPPRESS_ENHANCED.search(text))
+    return error.code in {550, 551, 553}
+
+
+@dataclass
+class Report:
+    """What a run did, counted: skipped and deferred rows are expected outcomes, not errors."""
+
+    sent: int = 0
+    skipped: int = 0
+    deferred: int = 0
+    retried: int = 0
+    failed: int = 0
+
+    def __iadd__(self, other: Report) -> Report:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+        return self
+
+
+@dataclass(frozen=True)
+class Job:
+    """A claimed row, rendered and ready for SMTP."""
+
+    delivery_id: int
+    subscriber_id: int
+    recipient: str
+    message: bytes
+
+
+class Deliverer:
+    def __init__(
+        self,
+        *,
+        session_factory: sessionmaker[Session],
+        transport: Transport,
+        site: Site,
+        catalog: Callable[[], Catalog],
+        renderer: Renderer,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self.sessions = session_factory
+        self.transport = transport
+        self.site = site
+        self.catalog = catalog
+        self.renderer = renderer
+        self.jitter = jitter
+
+    def run(self, now: Callable[[], datetime], *, max_batches: int | None = None) -> Report:
+        """Send everything due, batch after batch, over one transport session."""
+        report = Report()
+        batches = 0
+        with self.transport.session() as connection:
+            while max_batches is None or batches < max_batches:
+                moment = now()
+                token = uuid.uuid4().hex
+                with session_scope(self.sessions) as session:
+                    ids = store.claim_deliveries(
+                        session,
+                        now=moment,
+                        limit=self.site.delivery.batch_size,
+                        worker=token,
+                        lease=self.site.delivery.lease,
+                    )
+                if not ids:
+                    break
+                report += self._batch(ids, token, moment, connection)
+                batches += 1
+        return report
+
+    def _batch(self, ids: list[int], token: str, now: datetime, connection: Connection) -> Report:
+        report = Report()
+        catalog = self.catalog()
+        templates: dict[tuple[str, ...], MailTemplate] = {}
+        jobs: list[Job] = []
+        with session_scope(self.sessions) as session:
+            rows = session.execute(
+                select(Delivery, Subscriber, Enrolment)
+                .join(Subscriber, Delivery.subscriber_id == Subscriber.id)
+                .outerjoin(Enrolment, Delivery.enrolment_id == Enrolment.id)
+                .where(Delivery.id.in_(ids), Delivery.claimed_by == token)
+                .order_by(Delivery.id)
+            ).all()
+            for delivery, subscriber, enrolment in rows:
+                job = self._prepare(session, catalog, templates, delivery, subscriber, enrolment, now, report)
+                if job is not None:
+                    jobs.append(job)
+        size = max(1, self.site.delivery.commit_every)
+        for start in range(0, len(jobs), size):
+            report += self._send_group(jobs[start : start + size], token, now, connection, catalog)
+        return report
+
+    def _prepare(
+        self,
+        session: Session,
+        catalog: Catalog,
+        templates: dict[tuple[str, ...], MailTemplate],
+        delivery: Delivery,
+        subscriber: Subscriber,
+        enrolment: Enrolment | None,
+        now: datetime,
+        report: Report,
+    ) -> Job | None:
+        """Render a claimed row, or settle it here: skipped, deferred by quiet hours, or retried."""
+        sequence = catalog.get(delivery.sequence_id)
+        extra: dict[str, object] = {}
+        if delivery.kind == "confirm":
+            if enrolment is None or enrolment.state != "pending" or enrolment.confirm_nonce is None:
+                return self._skip(delivery, "not_pending", report)
+            if sequence is None:
+                return self._skip(delivery, "sequence_removed", report)
+            key: tuple[str, ...] = ("confirm", sequence.id)
+            if key not in templates:
+                templates[key] = self.renderer.confirm(sequence)
+            token = self.renderer.tokens.confirm(enrolment.id, enrolment.confirm_nonce)
+            extra = {
+                "confirm_url": f"{self.renderer.base_url}/confirm/{token}",
+                "confirm_days": self.site.signup.confirm_days,
+            }
+        else:
+            if subscriber.state != "confirmed":
+                return self._skip(delivery, subscriber.state, report)
+            if enrolment is None or enrolment.state != "active":
+                return self._skip(delivery, "not_enrolled", report)
+            step = sequence.step(delivery.step_id) if sequence else None
+            if sequence is None or step is None:
+                # A step removed from the file is sent to no one who has not had it.
+                self._skip(delivery, "step_removed", report)
+                cursor.after_sent(session, self.site, catalog, subscriber, enrolment, delivery, now)
+                return None
+            if not step.immediate:
+                zone = schedule.zone_for(subscriber.timezone, sequence.timezone)
+                held = schedule.hold_for_quiet_hours(now, zone, self.site.quiet_hours)
+                if held > now:  # late into the quiet hours: wait for the morning
+                    delivery.state, delivery.available_at, delivery.claimed_by = "pending", held, None
+                    report.deferred += 1
+                    return None
+            key = ("step", sequence.id, step.id)
+            if key not in templates:
+                templates[key] = self.renderer.step(sequence, step)
+        recipient = Recipient(delivery.id, subscriber.id, subscriber.email, subscriber.name)
+        try:
+            message = templates[key].render(recipient, now, **extra)
+        except (TemplateError, OSError) as exc:
+            # A template broken after `sequences check`: keep the mail, retry once it is fixed.
+            log.error("delivery.render_failed delivery_id=%s error=%s", delivery.id, type(exc).__name__)  # noqa: TRY400 (no traceback: the message may quote content)
+            self._retry(delivery, f"render: {exc}", now, report)
+            return None
+        return Job(delivery.id, subscriber.id, subscriber.email, message)
+
+    def _skip(self, delivery: Delivery, reason: str, report: Report) -> None:
+        delivery.state, delivery.skip_reason, delivery.claimed_by = "skipped", reason, None
+        report.skipped += 1
+        log.info("delivery.skipped delivery_id=%s reason=%s", delivery.id, reason)
+
+    def _retry(self, delivery: Delivery, error: str, now: datetime, report: Report) -> None:
+        """A temporary failure: back to pending with backoff, until the attempts run out."""
+        settings = self.site.delivery
+        delivery.attempts += 1
+        delivery.last_error = error[:1000]
+        delivery.claimed_by = None
+        if delivery.attempts >= settings.max_attempts:
+            delivery.state = "failed"
+            report.failed += 1
+            log.warning("delivery.failed delivery_id=%s attempts=%s", delivery.id, delivery.attempts)
+            return
+        delay = schedule.retry_delay(delivery.attempts, settings.retry_base, settings.retry_cap, self.jitter())
+        delivery.state, delivery.available_at = "pending", now + delay
+        report.retried += 1
+        log.info("delivery.retry delivery_id=%s attempts=%s in_seconds=%d", delivery.id, delivery.attempts, delay.total_seconds())
+
+    def _send_group(
+        self, jobs: list[Job], token: str, now: datetime, connection: Connection, catalog: Catalog
+    ) -> Report:
+        report = Report()
+        ids = [job.delivery_id for job in jobs]
+        # Re-checked just before SMTP: an unsubscribe since the claim skipped the row.
+        with session_scope(self.sessions) as session:
+            live = set(
+                session.scalars(
+                    select(Delivery.id).where(
+                        Delivery.id.in_(ids), Delivery.claimed_by == token, Delivery.state == "sending"
+                    )
+                )
+            )
+        outcomes: list[tuple[Job, DeliveryError | None]] = []
+        sender = self.site.sender.address
+        for job in jobs:
+            if job.delivery_id not in live:
+                continue
+            try:
+                connection.send(sender, job.recipient, job.message)
+            except DeliveryError as exc:
+                outcomes.append((job, exc))
+            else:
+                outcomes.append((job, None))
+        with session_scope(self.sessions) as session:
+            self._record(session, outcomes, token, now, catalog, report)
+        return report
+
+    def _record(
+        self,
+        session: Session,
+        outcomes: list[tuple[Job, DeliveryError | None]],
+        token: str,
+        now: datetime,
+        catalog: Catalog,
+        report: Report,
+    ) -> None:
+        sent = [job.delivery_id for job, error in outcomes if error is None]
+        if sent:
+            session.execute(
+                update(Delivery)
+                .where(Delivery.id.in_(sent), Delivery.claimed_by == token)
+                .values(state="sent", sent_at=now, claimed_by=None, attempts=Delivery.attempts + 1),
+                execution_options={"synchronize_session": False},
+            )
+            report.sent += len(sent)
+            for delivery_id in sent:
+                log.info("delivery.sent delivery_id=%s", delivery_id)
+        moved = session.execute(
+            select(Delivery, Subscriber, Enrolment)
+            .join(Subscriber, Delivery.subscriber_id == Subscriber.id)
+            .join(Enrolment, Delivery.enrolment_id == Enrolment.id)
+            .where(Delivery.id.in_(sent), Delivery.kind == "step", Delivery.state == "sent")
+        ).all()
+        for delivery, subscriber, enrolment in moved:
+            cursor.after_sent(session, self.site, catalog, subscriber, enrolment, delivery, now)
+        for job, error in outcomes:
+            if error is None:
+                continue
+            delivery = session.get(Delivery, job.delivery_id)
+            if delivery is None or delivery.claimed_by != token:
+                continue
+            if not isinstance(error, PermanentDeliveryError):
+                self._retry(delivery, str(error), now, report)
+                continue
+            delivery.state, delivery.claimed_by = "failed", None
+            delivery.attempts += 1
+            delivery.last_error = str(error)[:1000]
+            report.failed += 1
+            log.warning("delivery.failed delivery_id=%s code=%s", delivery.id, error.code)
+            subscriber = session.get(Subscriber, job.subscriber_id)
+            if subscriber is not None and suppresses(error):
+                subscriber.state = "bounced"
+                cursor.stop_all(session, subscriber)
+                store.skip_open_deliveries(session, subscriber_id=subscriber.id, reason="bounced")
+                log.info("subscriber.suppressed subscriber_id=%s", subscriber.id)
+            elif delivery.kind == "step" and subscriber is not None:
+                enrolment = session.get(Enrolment, delivery.enrolment_id)
+                if enrolment is not None:  # this step cannot reach them: go on with the next
+                    cursor.after_sent(session, self.site, catalog, subscriber, enrolment, delivery, now)

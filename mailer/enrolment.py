@@ -1,0 +1,231 @@
+"""The enrolment cursor: where each subscriber is in a seminar, and the ledger rows it plans.
+
+A cursor names the next step and when it is due. The scheduler turns a due cursor into one
+ledger row and clears the cursor; when that row is sent the cursor moves to the following step,
+timed from when the mail really went out (late by N local days: later steps move N days).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from mailer import schedule, store
+from mailer.config import Site
+from mailer.models import Delivery, Enrolment, SequenceVersion, Subscriber
+from mailer.sequences import Catalog, Sequence, Step
+
+log = logging.getLogger(__name__)
+
+
+def _zone(subscriber: Subscriber, sequence: Sequence) -> schedule.ZoneInfo:
+    return schedule.zone_for(subscriber.timezone, sequence.timezone)
+
+
+def received_position(session: Session, enrolment: Enrolment, sequence: Sequence) -> int:
+    """The file position of the last step received (-1: none). A step added before it is skipped."""
+    received = store.sent_steps(session, enrolment.subscriber_id, sequence.id)
+    positions = [step.position for step in sequence.steps if step.id in received]
+    return max(positions, default=-1)
+
+
+def _due(site: Site, subscriber: Subscriber, sequence: Sequence, step: Step, enrolment: Enrolment) -> datetime:
+    assert enrolment.entered_at is not None
+    return schedule.step_due(
+        sequence,
+        step,
+        entered_at=enrolment.entered_at,
+        shift_days=enrolment.shift_days,
+        zone=_zone(subscriber, sequence),
+        quiet=site.quiet_hours,
+    )
+
+
+def set_cursor(
+    session: Session, site: Site, subscriber: Subscriber, sequence: Sequence, enrolment: Enrolment, step: Step | None
+) -> None:
+    """Point the cursor at `step` (None: nothing more to send for now)."""
+    enrolment.next_step_id = step.id if step else None
+    enrolment.next_due_at = _due(site, subscriber, sequence, step, enrolment) if step else None
+    session.flush()
+
+
+def plan(session: Session, site: Site, subscriber: Subscriber, sequence: Sequence, enrolment: Enrolment, now: datetime) -> int | None:
+    """Turn a due cursor into its ledger row; the row's id, or None when nothing was planned."""
+    step = sequence.step(enrolment.next_step_id)
+    if step is None:  # the step was removed from the file: recompute from what was received
+        set_cursor(session, site, subscriber, sequence, enrolment, sequence.step_after(received_position(session, enrolment, sequence)))
+        step = sequence.step(enrolment.next_step_id)
+        if step is None or enrolment.next_due_at is None or enrolment.next_due_at > now:
+            return None
+    due = _due(site, subscriber, sequence, step, enrolment)
+    enrolment.next_due_at = None
+    delivery_id = store.insert_delivery(
+        session,
+        subscriber_id=subscriber.id,
+        kind="step",
+        enrolment_id=enrolment.id,
+        sequence_id=sequence.id,
+        step_id=step.id,
+        state="pending",
+        due_at=due,
+        available_at=due,
+        attempts=0,
+        created_at=now,
+    )
+    if delivery_id is not None:
+        return delivery_id
+    # The ledger has this step for them already: skipped while they were away, it goes out again
+    # (they re-subscribed); sent, the cursor moves on; pending, it is on its way.
+    existing = session.scalars(
+        select(Delivery).where(
+            Delivery.subscriber_id == subscriber.id, Delivery.sequence_id == sequence.id, Delivery.step_id == step.id
+        )
+    ).one()
+    if existing.state in {"skipped", "failed"}:
+        existing.state = "pending"
+        existing.due_at = existing.available_at = due
+        existing.attempts = 0
+        existing.skip_reason = existing.last_error = existing.claimed_by = None
+        session.flush()
+        return existing.id
+    if existing.state == "sent":
+        set_cursor(session, site, subscriber, sequence, enrolment, sequence.step_after(step.position))
+    return None
+
+
+def plan_due(session: Session, site: Site, catalog: Catalog, now: datetime, limit: int = 500) -> int:
+    """One scheduler pass over the cursor index: plan every step due by `now`. Rows planned."""
+    planned = 0
+    while True:
+        ids = store.claim_due_enrolments(session, now=now, limit=limit)
+        if not ids:
+            return planned
+        rows = session.execute(
+            select(Enrolment, Subscriber).join(Subscriber).where(Enrolment.id.in_(ids))
+        ).all()
+        for enrolment, subscriber in rows:
+            sequence = catalog.get(enrolment.sequence_id)
+            if sequence is None or enrolment.state != "active" or subscriber.state != "confirmed":
+                log.warning("enrolment.unplannable enrolment_id=%s", enrolment.id)
+                continue
+            # plan() reads next_step_id; claim_due_enrolments already cleared next_due_at
+            if plan(session, site, subscriber, sequence, enrolment, now) is not None:
+                planned += 1
+        session.flush()
+
+
+def enter(session: Session, site: Site, subscriber: Subscriber, sequence: Sequence, enrolment: Enrolment, now: datetime) -> int | None:
+    """Start (or resume) the seminar: the cursor at the next step not yet received.
+
+    Resuming after an unsubscribe is like coming back from an outage: the next step goes out at
+    its hour on the first day it can, and the steps after it keep their spacing. Returns the id of
+    a ledger row planned at once (the day-0 welcome), if any.
+    """
+    enrolment.state = "active"
+    enrolment.confirm_nonce = None
+    if enrolment.entered_at is None:
+        enrolment.entered_at = now
+    step = sequence.step_after(received_position(session, enrolment, sequence))
+    if step is not None and not step.immediate:
+        zone = _zone(subscriber, sequence)
+        due = _due(site, subscriber, sequence, step, enrolment)
+        if due < now:
+            enrolment.shift_days += max(0, (schedule.local_date(now, zone) - schedule.local_date(due, zone)).days)
+            if _due(site, subscriber, sequence, step, enrolment) < now:
+                enrolment.shift_days += 1
+    set_cursor(session, site, subscriber, sequence, enrolment, step)
+    if enrolment.next_due_at is not None and enrolment.next_due_at <= now:
+        return plan(session, site, subscriber, sequence, enrolment, now)
+    return None
+
+
+def after_sent(
+    session: Session,
+    site: Site,
+    catalog: Catalog,
+    subscriber: Subscriber,
+    enrolment: Enrolment,
+    delivery: Delivery,
+    now: datetime,
+) -> None:
+    """Move the cursor past a step that went out (or was dropped from the file)."""
+    sequence = catalog.get(enrolment.sequence_id)
+    if sequence is None or enrolment.state != "active":
+        return
+    step = sequence.step(delivery.step_id)
+    position = step.position if step else received_position(session, enrolment, sequence)
+    if delivery.state == "sent":
+        enrolment.shift_days += schedule.late_days(delivery.due_at, now, _zone(subscriber, sequence))
+    following = sequence.step_after(position)
+    set_cursor(session, site, subscriber, sequence, enrolment, following)
+    if following is None and sequence.then:
+        enrol_after(session, site, catalog, subscriber, sequence.then, now)
+
+
+def enrol_after(session: Session, site: Site, catalog: Catalog, subscriber: Subscriber, sequence_id: str, now: datetime) -> None:
+    """On finishing a seminar, join its `then` (a seminar, or a magazine's broadcast-only list)."""
+    sequence = catalog.get(sequence_id)
+    if sequence is None:
+        return
+    enrolment = session.scalars(
+        select(Enrolment).where(Enrolment.subscriber_id == subscriber.id, Enrolment.sequence_id == sequence_id)
+    ).first()
+    if enrolment is None:
+        enrolment = Enrolment(subscriber_id=subscriber.id, sequence_id=sequence_id, created_at=now, shift_days=0)
+        session.add(enrolment)
+        session.flush()
+    elif enrolment.state == "active":
+        return
+    enter(session, site, subscriber, sequence, enrolment, now)
+
+
+def apply_edits(session: Session, site: Site, catalog: Catalog, now: datetime) -> int:
+    """Re-place the cursors of each seminar whose file changed since last applied. Cursors moved.
+
+    A step added later reaches whoever has not received a step after its place; a removed step
+    reaches nobody who has not had it; a changed day applies to whoever has not had it yet.
+    Cursors with a step already in the ledger are left alone: that row moves them when it is done.
+    """
+    applied = {v.sequence_id: v for v in session.scalars(select(SequenceVersion))}
+    moved = 0
+    for sequence in catalog.sequences.values():
+        version = applied.get(sequence.id)
+        if version is not None and version.fingerprint == sequence.fingerprint:
+            continue
+        in_flight = select(Delivery.enrolment_id).where(
+            Delivery.sequence_id == sequence.id, Delivery.kind == "step", Delivery.state.in_(store.OPEN)
+        )
+        rows = session.execute(
+            select(Enrolment, Subscriber)
+            .join(Subscriber)
+            .where(
+                Enrolment.sequence_id == sequence.id,
+                Enrolment.state == "active",
+                or_(Enrolment.next_due_at.is_not(None), Enrolment.next_step_id.is_(None)),
+                Enrolment.id.not_in(in_flight),
+            )
+        ).all()
+        for enrolment, subscriber in rows:
+            step = sequence.step_after(received_position(session, enrolment, sequence))
+            before = (enrolment.next_step_id, enrolment.next_due_at)
+            set_cursor(session, site, subscriber, sequence, enrolment, step)
+            moved += before != (enrolment.next_step_id, enrolment.next_due_at)
+        if version is None:
+            session.add(SequenceVersion(sequence_id=sequence.id, fingerprint=sequence.fingerprint, applied_at=now))
+        else:
+            version.fingerprint, version.applied_at = sequence.fingerprint, now
+        log.info("sequence.applied sequence=%s cursors_moved=%s", sequence.id, moved)
+    session.flush()
+    return moved
+
+
+def stop_all(session: Session, subscriber: Subscriber) -> None:
+    for enrolment in session.scalars(select(Enrolment).where(Enrolment.subscriber_id == subscriber.id)):
+        enrolment.state = "stopped"
+        enrolment.next_due_at = None
+        enrolment.confirm_nonce = None
+

@@ -1,0 +1,119 @@
+"""The tables: subscribers, their consent, their place in each seminar, and the delivery ledger."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint, text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from mailer.db import UTCDateTime
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UTCDateTime}  # noqa: RUF012 (SQLAlchemy reads it as a class attribute)
+
+
+class Subscriber(Base):
+    """One person, stored once by address. `state`: pending, confirmed, unsubscribed, bounced."""
+
+    __tablename__ = "subscribers"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(320))
+    # The address folded for uniqueness (the local part's case too): Taro@ and taro@ are one person.
+    email_key: Mapped[str] = mapped_column(String(320), unique=True)
+    name: Mapped[str] = mapped_column(String(100), default="")
+    timezone: Mapped[str | None] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    created_at: Mapped[datetime]
+    confirmed_at: Mapped[datetime | None]
+    unsubscribed_at: Mapped[datetime | None]
+    # The mail whose link they left by: "unsubscribes by step" in the stats.
+    unsubscribed_delivery_id: Mapped[int | None]
+
+
+class Consent(Base):
+    """Why we may write: when, through which form text, from which client."""
+
+    __tablename__ = "consents"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id"), index=True)
+    sequence_id: Mapped[str] = mapped_column(String(100))
+    at: Mapped[datetime]
+    source: Mapped[str] = mapped_column(String(32))  # form, import, api
+    form_version: Mapped[str | None] = mapped_column(String(64))
+    client_ip: Mapped[str | None] = mapped_column(String(64))
+    confirmed_at: Mapped[datetime | None]
+
+
+class Enrolment(Base):
+    """A subscriber's place in one seminar: the cursor the scheduler scans.
+
+    `state`: pending (awaiting confirmation), active, stopped. `next_due_at` is set only while the
+    next step waits for its time; it is NULL while that step is in the ledger, so the tick's index
+    holds exactly what may become due.
+    """
+
+    __tablename__ = "enrolments"
+    __table_args__ = (UniqueConstraint("subscriber_id", "sequence_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id"))
+    sequence_id: Mapped[str] = mapped_column(String(100))
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    created_at: Mapped[datetime]
+    entered_at: Mapped[datetime | None]
+    shift_days: Mapped[int] = mapped_column(default=0)  # whole local days later steps moved by
+    next_step_id: Mapped[str | None] = mapped_column(String(100))
+    next_due_at: Mapped[datetime | None] = mapped_column(index=True)
+    confirm_nonce: Mapped[int | None]  # the open confirmation; cleared when used
+
+
+class Delivery(Base):
+    """The ledger: one row per planned mail. pending -> sending -> sent | failed | skipped.
+
+    `available_at` is when the row may next be claimed: its due time while pending, the end of the
+    lease while sending, so one index finds both what is due and what a dead worker left behind.
+    """
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        UniqueConstraint("subscriber_id", "sequence_id", "step_id", name="uq_delivery_step"),
+        UniqueConstraint("subscriber_id", "broadcast_id", name="uq_delivery_broadcast"),
+        Index(
+            "ix_deliveries_claimable",
+            "available_at",
+            sqlite_where=text("state IN ('pending', 'sending')"),
+            postgresql_where=text("state IN ('pending', 'sending')"),
+        ),
+        Index("ix_deliveries_sequence_step", "sequence_id", "step_id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id"))
+    kind: Mapped[str] = mapped_column(String(16))  # confirm, step, broadcast
+    enrolment_id: Mapped[int | None] = mapped_column(ForeignKey("enrolments.id"))
+    sequence_id: Mapped[str | None] = mapped_column(String(100))
+    step_id: Mapped[str | None] = mapped_column(String(100))  # NULL for confirmations: never unique
+    broadcast_id: Mapped[int | None]
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    due_at: Mapped[datetime]
+    available_at: Mapped[datetime]
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
+    attempts: Mapped[int] = mapped_column(default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    skip_reason: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[datetime]
+    sent_at: Mapped[datetime | None]
+
+
+class SequenceVersion(Base):
+    """The fingerprint of each seminar file as last applied: an edit re-plans its cursors once."""
+
+    __tablename__ = "sequence_versions"
+
+    sequence_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    applied_at: Mapped[datetime]

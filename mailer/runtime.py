@@ -1,0 +1,92 @@
+"""Everything a process needs, built once from Settings and mailer.toml and passed down."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import cached_property
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from mailer import enrolment
+from mailer.config import Settings, Site, load_site
+from mailer.db import make_engine, make_session_factory, session_scope, upgrade
+from mailer.deliver import Deliverer, Report
+from mailer.render import Renderer
+from mailer.send import Transport, transport_from_url
+from mailer.sequences import Catalog, CatalogCache
+from mailer.tokens import Tokens
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    transport_override: Transport | None = None
+    wake: Callable[[], None] = field(default=lambda: None)  # nudges a worker after a commit
+
+    @cached_property
+    def site(self) -> Site:
+        return load_site(self.settings.home)
+
+    @cached_property
+    def catalogs(self) -> CatalogCache:
+        return CatalogCache(self.settings.home)
+
+    def catalog(self) -> Catalog:
+        return self.catalogs.get()
+
+    @cached_property
+    def engine(self) -> Engine:
+        return make_engine(self.settings.database_url)
+
+    @cached_property
+    def sessions(self) -> sessionmaker[Session]:
+        return make_session_factory(self.engine)
+
+    @cached_property
+    def secret_key(self) -> str:
+        return self.settings.effective_secret_key()
+
+    @cached_property
+    def tokens(self) -> Tokens:
+        return Tokens(self.secret_key)
+
+    @cached_property
+    def renderer(self) -> Renderer:
+        return Renderer(self.site, self.settings.base_url, self.tokens, self.secret_key)
+
+    @cached_property
+    def transport(self) -> Transport:
+        if self.transport_override is not None:
+            return self.transport_override
+        return transport_from_url(self.settings.smtp_url, self.settings.home)
+
+    def deliverer(self) -> Deliverer:
+        return Deliverer(
+            session_factory=self.sessions,
+            transport=self.transport,
+            site=self.site,
+            catalog=self.catalog,
+            renderer=self.renderer,
+        )
+
+    def upgrade_db(self) -> None:
+        upgrade(self.engine)
+
+    def plan(self, now: datetime) -> int:
+        """Apply seminar edits, then turn every due cursor into a ledger row. Rows planned."""
+        catalog = self.catalog()
+        with session_scope(self.sessions) as session:
+            enrolment.apply_edits(session, self.site, catalog, now)
+        with session_scope(self.sessions) as session:
+            return enrolment.plan_due(session, self.site, catalog, now)
+
+    def tick(self, now: Callable[[], datetime], *, max_batches: int | None = None) -> tuple[int, Report]:
+        """One scheduler pass and the sending of what is due: `mailer tick` and the tests."""
+        planned = self.plan(now())
+        return planned, self.deliverer().run(now, max_batches=max_batches)

@@ -1,0 +1,36 @@
+"""The embedded default: each message written to a local maildir (`./outbox`), readable at /outbox."""
+
+from __future__ import annotations
+
+import mailbox
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from mailer.errors import TransientDeliveryError
+
+
+class MaildirConnection:
+    def __init__(self, box: mailbox.Maildir) -> None:
+        self.box = box
+
+    def send(self, sender: str, recipient: str, message: bytes) -> None:  # noqa: ARG002 (the protocol's)
+        # A maildir holds each message with LF line ends, as a local mail client expects.
+        try:
+            self.box.add(message.replace(b"\r\n", b"\n"))
+        except OSError as exc:
+            raise TransientDeliveryError(f"maildir: {exc.strerror}") from exc
+
+
+class MaildirTransport:
+    name = "maildir"
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def box(self) -> mailbox.Maildir:
+        return mailbox.Maildir(self.folder, create=True)
+
+    @contextmanager
+    def session(self) -> Iterator[MaildirConnection]:
+        yield MaildirConnection(self.box())

@@ -1,0 +1,220 @@
+"""Load and validate sequences/*.toml into frozen dataclasses; every error names file, line and what."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tomllib
+from dataclasses import dataclass
+from datetime import time
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from mailer.errors import SequenceError
+
+ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,99}$")
+TOP_KEYS = {"title", "timezone", "send_at", "then", "steps"}
+STEP_KEYS = {"id", "day", "at"}
+
+
+@dataclass(frozen=True)
+class Step:
+    id: str
+    day: int
+    at: time | None
+    position: int  # index in the file: steps go out in this order
+
+    @property
+    def immediate(self) -> bool:
+        """Day 0 without `at`: due at entry, answering the reader's own action (no quiet hours)."""
+        return self.day == 0 and self.at is None
+
+
+@dataclass(frozen=True)
+class Sequence:
+    id: str
+    title: str
+    timezone: ZoneInfo
+    send_at: time
+    then: str | None
+    steps: tuple[Step, ...]
+    fingerprint: str  # changes whenever the file does: cursors are re-planned once per edit
+
+    def step(self, step_id: str | None) -> Step | None:
+        return next((s for s in self.steps if s.id == step_id), None)
+
+    def step_after(self, position: int) -> Step | None:
+        """The first step placed after `position` in the file (-1: the first step)."""
+        return self.steps[position + 1] if position + 1 < len(self.steps) else None
+
+
+@dataclass(frozen=True)
+class Catalog:
+    sequences: dict[str, Sequence]
+
+    def get(self, sequence_id: str | None) -> Sequence | None:
+        return self.sequences.get(sequence_id) if sequence_id else None
+
+    def __contains__(self, sequence_id: object) -> bool:
+        return sequence_id in self.sequences
+
+
+def _step_lines(text: str) -> list[int]:
+    """Line numbers of each `[[steps]]` header, so errors about step N can point at it."""
+    return [n for n, line in enumerate(text.splitlines(), 1) if line.strip().startswith("[[steps]]")]
+
+
+def _parse_time(value: object) -> time | None:
+    if not isinstance(value, str) or not re.fullmatch(r"\d{2}:\d{2}", value):
+        return None
+    try:
+        return time.fromisoformat(value)
+    except ValueError:
+        return None
+
+
+def parse_sequence(path: Path) -> tuple[Sequence | None, list[str]]:
+    """One file -> the sequence, or None and every error found in it (as `file:line: message`)."""
+    sequence_id = path.stem
+    raw = path.read_bytes()
+    text = raw.decode("utf-8", errors="replace")
+    errors: list[str] = []
+
+    def err(line: int | None, message: str) -> None:
+        errors.append(f"{path}:{line}: {message}" if line else f"{path}: {message}")
+
+    if not ID_PATTERN.fullmatch(sequence_id):
+        err(None, "the file name is the seminar's id: use lowercase letters, digits, '-' and '_'")
+    try:
+        data: dict[str, Any] = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        line = getattr(exc, "lineno", None)
+        message = str(getattr(exc, "msg", exc))
+        err(line, f"not valid TOML: {message}")
+        return None, errors
+
+    for key in sorted(set(data) - TOP_KEYS):
+        err(None, f"unknown key {key!r} (expected: {', '.join(sorted(TOP_KEYS))})")
+    title = data.get("title")
+    if not isinstance(title, str) or not title.strip():
+        err(None, "title is required (a non-empty string)")
+    zone: ZoneInfo | None = None
+    zone_name = data.get("timezone", "Asia/Tokyo")
+    try:
+        zone = ZoneInfo(str(zone_name))
+    except (ZoneInfoNotFoundError, ValueError):
+        err(None, f"timezone {zone_name!r} is not an IANA time zone (such as \"Asia/Tokyo\")")
+    send_at = _parse_time(data.get("send_at", "09:00"))
+    if send_at is None:
+        err(None, f"send_at {data.get('send_at')!r} is not a time like \"09:00\"")
+    then = data.get("then")
+    if then is not None and (not isinstance(then, str) or not ID_PATTERN.fullmatch(then)):
+        err(None, f"then {then!r} must name another seminar file (without .toml)")
+
+    raw_steps = data.get("steps", [])
+    lines = _step_lines(text)
+    steps: list[Step] = []
+    if not isinstance(raw_steps, list):
+        err(None, "steps must be an array of tables ([[steps]])")
+        raw_steps = []
+    seen: set[str] = set()
+    previous_day: int | None = None
+    for index, item in enumerate(raw_steps):
+        line = lines[index] if index < len(lines) else None
+        if not isinstance(item, dict):
+            err(line, f"step {index + 1} must be a table")
+            continue
+        step_id = item.get("id")
+        label = f"step {step_id!r}" if isinstance(step_id, str) else f"step {index + 1}"
+        for key in sorted(set(item) - STEP_KEYS):
+            err(line, f"{label}: unknown key {key!r} (expected: id, day, at)")
+        if not isinstance(step_id, str) or not ID_PATTERN.fullmatch(step_id):
+            err(line, f"{label}: id is required: lowercase letters, digits, '-' and '_'")
+            continue
+        if step_id in seen:
+            err(line, f"{label}: the id is used twice (ids are stable keys; never reuse one)")
+        seen.add(step_id)
+        day = item.get("day")
+        if not isinstance(day, int) or isinstance(day, bool) or day < 0:
+            err(line, f"{label}: day must be a whole number of days, 0 or more, got {day!r}")
+            continue
+        if previous_day is not None and day < previous_day:
+            err(line, f"{label}: day {day} is smaller than day {previous_day} of the step before it")
+        previous_day = day
+        at = None
+        if "at" in item:
+            at = _parse_time(item["at"])
+            if at is None:
+                err(line, f"{label}: at {item['at']!r} is not a time like \"12:30\"")
+        steps.append(Step(id=step_id, day=day, at=at, position=len(steps)))
+
+    if errors or zone is None or send_at is None or not isinstance(title, str):
+        return None, errors
+    return (
+        Sequence(
+            id=sequence_id,
+            title=title,
+            timezone=zone,
+            send_at=send_at,
+            then=then,
+            steps=tuple(steps),
+            fingerprint=hashlib.sha256(raw).hexdigest()[:16],
+        ),
+        [],
+    )
+
+
+def load_catalog(home: Path) -> tuple[Catalog, list[str]]:
+    """Every seminar under `home/sequences`, and every error found (an empty list: all good)."""
+    folder = home / "sequences"
+    sequences: dict[str, Sequence] = {}
+    errors: list[str] = []
+    paths = sorted(folder.glob("*.toml"))
+    if not paths:
+        errors.append(f"{folder}: no seminar files (*.toml)")
+    for path in paths:
+        sequence, found = parse_sequence(path)
+        errors.extend(found)
+        if sequence is not None:
+            sequences[sequence.id] = sequence
+    for sequence in sequences.values():
+        if sequence.then and sequence.then not in sequences:
+            errors.append(f"{folder / (sequence.id + '.toml')}: then {sequence.then!r} names no seminar file")
+    return Catalog(sequences), errors
+
+
+def load_catalog_strict(home: Path) -> Catalog:
+    catalog, errors = load_catalog(home)
+    if errors:
+        raise SequenceError("\n".join(errors))
+    return catalog
+
+
+class CatalogCache:
+    """The catalog, re-read when a file changes; a broken edit keeps the last good one running."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self._stamp: tuple[tuple[str, int, int], ...] | None = None
+        self._catalog: Catalog | None = None
+        self.errors: list[str] = []
+
+    def _current_stamp(self) -> tuple[tuple[str, int, int], ...]:
+        return tuple(
+            (p.name, p.stat().st_mtime_ns, p.stat().st_size)
+            for p in sorted((self.home / "sequences").glob("*.toml"))
+        )
+
+    def get(self) -> Catalog:
+        stamp = self._current_stamp()
+        if stamp != self._stamp:
+            catalog, errors = load_catalog(self.home)
+            self.errors = errors
+            if not errors or self._catalog is None:
+                if errors:
+                    raise SequenceError("\n".join(errors))
+                self._catalog = catalog
+            self._stamp = stamp
+        assert self._catalog is not None
+        return self._catalog

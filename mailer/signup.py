@@ -1,0 +1,183 @@
+"""Subscribe, confirm, unsubscribe: the reader's three actions, as plain functions over a session.
+
+These never commit: the request or command that calls them does, then wakes a worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+
+from mailer import enrolment as cursor
+from mailer import schedule, store
+from mailer.addresses import Refusal, check_address
+from mailer.config import Site
+from mailer.models import Consent, Enrolment, Subscriber
+from mailer.sequences import Catalog, Sequence
+from mailer.tokens import ConfirmClaim, UnsubscribeClaim
+
+log = logging.getLogger(__name__)
+
+MAX_NAME = 100
+
+
+@dataclass(frozen=True)
+class SignupRequest:
+    email: str
+    name: str = ""
+    sequence: str = ""
+    timezone: str = ""
+    client_ip: str | None = None
+    form_version: str | None = None
+    source: str = "form"
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """The same answer whether the address is new, pending or confirmed (no enumeration)."""
+
+    sequence: Sequence
+    confirmation_id: int | None  # the ledger row of a confirmation mail to send, if one is due
+
+
+def check_name(raw: str) -> str | Refusal:
+    name = raw.strip()
+    # A name goes into a To: header and into pages: no line breaks, no control characters, no
+    # markup (escaping would show it; refusing tells the reader at once).
+    if any(not ch.isprintable() or ch in "<>" for ch in name):
+        return Refusal("name")
+    if len(name) > MAX_NAME:
+        return Refusal("name_long")
+    return name
+
+
+def subscribe(
+    session: store.Session, site: Site, catalog: Catalog, request: SignupRequest, now: datetime
+) -> Accepted | Refusal:
+    """Record a sign-up and plan its confirmation mail, or say why not. Nothing is stored on refusal."""
+    name = check_name(request.name)
+    if isinstance(name, Refusal):
+        return name
+    sequence = catalog.get(request.sequence or site.default_sequence)
+    if sequence is None:
+        return Refusal("sequence")
+    address = check_address(
+        request.email, site.signup.blocked, check_deliverability=site.signup.check_deliverability
+    )
+    if isinstance(address, Refusal):
+        return address
+    timezone = request.timezone.strip() if schedule.is_zone(request.timezone.strip()) else None
+
+    subscriber = store.find_subscriber_by_key(session, address.key)
+    if subscriber is None:
+        subscriber = Subscriber(
+            email=address.email, email_key=address.key, name=name, timezone=timezone, state="pending", created_at=now
+        )
+        session.add(subscriber)
+        session.flush()
+    elif subscriber.state != "confirmed":
+        # Not yet theirs to keep: the latest sign-up's details win. A confirmed subscriber's
+        # details are never changed by a form anyone can fill in.
+        subscriber.name = name or subscriber.name
+        subscriber.timezone = timezone or subscriber.timezone
+
+    enrolment = session.scalars(
+        select(Enrolment).where(Enrolment.subscriber_id == subscriber.id, Enrolment.sequence_id == sequence.id)
+    ).first()
+    if subscriber.state == "confirmed" and enrolment is not None and enrolment.state == "active":
+        return Accepted(sequence, None)  # already reading it: nothing to send, same answer
+    if enrolment is None:
+        enrolment = Enrolment(subscriber_id=subscriber.id, sequence_id=sequence.id, created_at=now, shift_days=0)
+        session.add(enrolment)
+    enrolment.state = "pending"
+    enrolment.next_due_at = None
+    if enrolment.confirm_nonce is None:
+        enrolment.confirm_nonce = secrets.randbelow(2**31)
+    session.add(
+        Consent(
+            subscriber_id=subscriber.id,
+            sequence_id=sequence.id,
+            at=now,
+            source=request.source,
+            form_version=request.form_version,
+            client_ip=request.client_ip,
+        )
+    )
+    session.flush()
+
+    recent = store.count_recent_confirmations(session, subscriber.id, now - timedelta(days=1))
+    if recent >= site.signup.confirmations_per_day:
+        log.info("signup.confirmation_capped subscriber_id=%s", subscriber.id)
+        return Accepted(sequence, None)
+    confirmation_id = store.insert_delivery(
+        session,
+        subscriber_id=subscriber.id,
+        kind="confirm",
+        enrolment_id=enrolment.id,
+        sequence_id=sequence.id,
+        state="pending",
+        due_at=now,
+        available_at=now,
+        attempts=0,
+        created_at=now,
+    )
+    log.info("signup.accepted subscriber_id=%s enrolment_id=%s", subscriber.id, enrolment.id)
+    return Accepted(sequence, confirmation_id)
+
+
+@dataclass(frozen=True)
+class Confirmed:
+    sequence: Sequence
+    delivery_id: int | None  # the welcome, planned at once when it is due at entry
+
+
+def confirm(
+    session: store.Session, site: Site, catalog: Catalog, claim: ConfirmClaim, now: datetime
+) -> Confirmed | None:
+    """Confirm the address and enter the seminar; None for a token already used or unknown."""
+    enrolment = session.get(Enrolment, claim.enrolment_id)
+    if enrolment is None or enrolment.confirm_nonce is None or enrolment.confirm_nonce != claim.nonce:
+        return None
+    sequence = catalog.get(enrolment.sequence_id)
+    subscriber = session.get(Subscriber, enrolment.subscriber_id)
+    if sequence is None or subscriber is None:
+        return None
+    if subscriber.state != "confirmed":
+        subscriber.state = "confirmed"
+        subscriber.confirmed_at = now
+    for consent in session.scalars(
+        select(Consent).where(
+            Consent.subscriber_id == subscriber.id,
+            Consent.sequence_id == sequence.id,
+            Consent.confirmed_at.is_(None),
+        )
+    ):
+        consent.confirmed_at = now
+    # Confirmation mails still queued for this enrolment would only confuse now.
+    store.skip_open_deliveries(
+        session, subscriber_id=subscriber.id, reason="confirmed", kind="confirm", enrolment_id=enrolment.id
+    )
+    delivery_id = cursor.enter(session, site, subscriber, sequence, enrolment, now)
+    log.info("signup.confirmed subscriber_id=%s enrolment_id=%s", subscriber.id, enrolment.id)
+    return Confirmed(sequence, delivery_id)
+
+
+def unsubscribe(session: store.Session, claim: UnsubscribeClaim, now: datetime) -> bool:
+    """Stop everything for this subscriber at once, including mail claimed but not yet handed to
+    SMTP. False when the token names nobody. Idempotent."""
+    subscriber = session.get(Subscriber, claim.subscriber_id)
+    if subscriber is None:
+        return False
+    if subscriber.state in {"unsubscribed", "bounced"}:
+        return True
+    subscriber.state = "unsubscribed"
+    subscriber.unsubscribed_at = now
+    subscriber.unsubscribed_delivery_id = claim.delivery_id
+    cursor.stop_all(session, subscriber)
+    skipped = store.skip_open_deliveries(session, subscriber_id=subscriber.id, reason="unsubscribed")
+    log.info("subscriber.unsubscribed subscriber_id=%s skipped=%s", subscriber.id, skipped)
+    return True

@@ -1,0 +1,34 @@
+"""Who is where: subscribers by state, deliveries by step and state, unsubscribes by step."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, aliased
+
+from mailer.models import Delivery, Subscriber
+
+
+def collect(session: Session) -> dict[str, Any]:
+    subscribers = dict(session.execute(select(Subscriber.state, func.count()).group_by(Subscriber.state)).all())
+    deliveries: list[dict[str, Any]] = []
+    rows = session.execute(
+        select(Delivery.kind, Delivery.sequence_id, Delivery.step_id, Delivery.state, func.count())
+        .group_by(Delivery.kind, Delivery.sequence_id, Delivery.step_id, Delivery.state)
+        .order_by(Delivery.kind, Delivery.sequence_id, Delivery.step_id, Delivery.state)
+    ).all()
+    for kind, sequence_id, step_id, state, count in rows:
+        deliveries.append({"kind": kind, "sequence": sequence_id, "step": step_id, "state": state, "count": count})
+    via = aliased(Delivery)
+    unsubscribes = [
+        {"kind": kind, "sequence": sequence_id, "step": step_id, "count": count}
+        for kind, sequence_id, step_id, count in session.execute(
+            select(via.kind, via.sequence_id, via.step_id, func.count())
+            .select_from(Subscriber)
+            .outerjoin(via, Subscriber.unsubscribed_delivery_id == via.id)
+            .where(Subscriber.state == "unsubscribed")
+            .group_by(via.kind, via.sequence_id, via.step_id)
+        ).all()
+    ]
+    return {"subscribers": subscribers, "deliveries": deliveries, "unsubscribes": unsubscribes}

@@ -1,0 +1,116 @@
+"""Queries that more than one caller needs: atomic claims of due work, skips, ledger inserts."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import Select, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from mailer.models import Delivery, Enrolment, Subscriber
+
+CLAIMABLE = ("pending", "sending")
+OPEN = ("pending", "sending")
+
+
+def _skip_locked(session: Session, query: Select[tuple[int]]) -> Select[tuple[int]]:
+    # PostgreSQL: workers on many machines each take rows nobody else holds. SQLite has one
+    # writer at a time (BEGIN IMMEDIATE), which serialises claims by itself.
+    if session.get_bind().dialect.name == "postgresql":
+        return query.with_for_update(skip_locked=True)
+    return query
+
+
+def claim_deliveries(
+    session: Session, *, now: datetime, limit: int, worker: str, lease: timedelta
+) -> list[int]:
+    """Take up to `limit` ledger rows that are due (or whose lease lapsed) for `worker`.
+
+    The row stays claimed until `now + lease`; after that another worker may take it again, which
+    is how a crashed worker's rows are recovered.
+    """
+    due = _skip_locked(
+        session,
+        select(Delivery.id)
+        .where(Delivery.state.in_(CLAIMABLE), Delivery.available_at <= now)
+        .order_by(Delivery.available_at)
+        .limit(limit),
+    )
+    claimed = session.execute(
+        update(Delivery)
+        .where(Delivery.id.in_(due.scalar_subquery()))
+        .values(state="sending", claimed_by=worker, available_at=now + lease)
+        .returning(Delivery.id),
+        execution_options={"synchronize_session": False},
+    )
+    return sorted(claimed.scalars())
+
+
+def claim_due_enrolments(session: Session, *, now: datetime, limit: int) -> list[int]:
+    """Enrolments whose next step is due; their cursor is cleared in the same statement, so two
+    schedulers never plan the same step (and the unique ledger rule backs that up)."""
+    due = _skip_locked(
+        session,
+        select(Enrolment.id).where(Enrolment.next_due_at <= now).order_by(Enrolment.next_due_at).limit(limit),
+    )
+    claimed = session.execute(
+        update(Enrolment)
+        .where(Enrolment.id.in_(due.scalar_subquery()))
+        .values(next_due_at=None)
+        .returning(Enrolment.id),
+        execution_options={"synchronize_session": False},
+    )
+    return sorted(claimed.scalars())
+
+
+def insert_delivery(session: Session, **values: object) -> int | None:
+    """Add a ledger row unless its uniqueness rule already has one; the new id, or None."""
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    result = session.execute(
+        insert(Delivery).values(**values).on_conflict_do_nothing().returning(Delivery.id)
+    )
+    return result.scalar_one_or_none()
+
+
+def skip_open_deliveries(
+    session: Session, *, subscriber_id: int, reason: str, kind: str | None = None, enrolment_id: int | None = None
+) -> int:
+    """Everything not yet handed to SMTP for this subscriber is not sent (state skipped)."""
+    query = update(Delivery).where(Delivery.subscriber_id == subscriber_id, Delivery.state.in_(OPEN))
+    if kind is not None:
+        query = query.where(Delivery.kind == kind)
+    if enrolment_id is not None:
+        query = query.where(Delivery.enrolment_id == enrolment_id)
+    result = session.execute(
+        query.values(state="skipped", skip_reason=reason, claimed_by=None),
+        execution_options={"synchronize_session": False},
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+def count_recent_confirmations(session: Session, subscriber_id: int, since: datetime) -> int:
+    return session.scalar(
+        select(func.count())
+        .select_from(Delivery)
+        .where(Delivery.subscriber_id == subscriber_id, Delivery.kind == "confirm", Delivery.created_at >= since)
+    ) or 0
+
+
+def find_subscriber_by_key(session: Session, email_key: str) -> Subscriber | None:
+    return session.scalars(select(Subscriber).where(Subscriber.email_key == email_key)).first()
+
+
+def sent_steps(session: Session, subscriber_id: int, sequence_id: str) -> set[str]:
+    """The steps of this seminar the subscriber has received."""
+    return set(
+        session.scalars(
+            select(Delivery.step_id).where(
+                Delivery.subscriber_id == subscriber_id,
+                Delivery.sequence_id == sequence_id,
+                Delivery.kind == "step",
+                Delivery.state == "sent",
+            )
+        )
+    )

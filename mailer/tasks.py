@@ -1,0 +1,101 @@
+"""The Celery app and its thin tasks: wake-ups over the ledger, never the truth themselves.
+
+A lost, duplicated or retried message changes nothing: `mailer.tick` plans what the cursors say is
+due and `mailer.deliver` sends what the ledger says is due. No task carries an ETA (with Redis a
+long ETA is redelivered after the visibility timeout); delays live in the ledger.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from celery import Celery
+
+from mailer.config import Settings
+from mailer.db import utcnow
+from mailer.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+app = Celery("mailer")
+_runtime: Runtime | None = None
+
+
+def configure(runtime: Runtime) -> Celery:
+    """Point the app at this process's runtime and broker; returns the app."""
+    global _runtime  # noqa: PLW0603 (a worker process has exactly one runtime; tasks reach it here)
+    _runtime = runtime
+    settings = runtime.settings
+    broker = settings.effective_broker_url
+    if broker.startswith("sqla+"):
+        settings.instance_dir.mkdir(parents=True, exist_ok=True)
+    app.conf.update(
+        broker_url=broker,
+        broker_connection_retry_on_startup=True,
+        task_ignore_result=True,
+        result_backend=None,
+        task_acks_late=True,  # a worker that dies mid-task leaves the message for another
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_hijack_root_logger=False,
+        task_default_queue="mailer",
+        timezone="UTC",
+        beat_schedule={
+            "tick": {
+                "task": "mailer.tick",
+                "schedule": runtime.site.delivery.tick_seconds,
+                "options": {"expires": max(30.0, runtime.site.delivery.tick_seconds * 6)},
+            }
+        },
+        beat_schedule_filename=str(settings.instance_dir / "beat-schedule"),
+    )
+    runtime.wake = wake
+    return app
+
+
+def runtime() -> Runtime:
+    global _runtime  # noqa: PLW0603
+    if _runtime is None:  # a worker started by the `celery` command rather than `mailer worker`
+        configure(Runtime(Settings()))
+    assert _runtime is not None
+    return _runtime
+
+
+def wake() -> None:
+    """Ask a worker to look at the ledger now (after a sign-up or confirmation commits)."""
+    try:
+        deliver.apply_async(expires=300)
+    except Exception:
+        # The tick finds the row within seconds anyway; a broker hiccup must not fail the request.
+        log.warning("wake.failed", exc_info=True)
+
+
+@app.task(name="mailer.tick", ignore_result=True)
+def tick() -> int:
+    """Plan what is due, then wake the workers if anything is there to send."""
+    rt = runtime()
+    planned = rt.plan(utcnow())
+    deliver.apply_async(expires=300)
+    return planned
+
+
+@app.task(name="mailer.deliver", ignore_result=True)
+def deliver() -> int:
+    """Send everything due now; duplicate wake-ups find nothing left to claim and return."""
+    report = runtime().deliverer().run(utcnow)
+    if report.sent or report.failed:
+        log.info(
+            "deliver.done sent=%s skipped=%s deferred=%s retried=%s failed=%s",
+            report.sent, report.skipped, report.deferred, report.retried, report.failed,
+        )
+    return report.sent
+
+
+def broker_ok() -> bool:
+    """Can this process reach the broker now? For /healthz."""
+    try:
+        with app.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1, timeout=2)
+    except Exception:
+        return False
+    return True

@@ -1,0 +1,65 @@
+"""/outbox: the maildir shown as a mail client would, only to requests from this machine."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+from collections.abc import Callable
+from email.message import EmailMessage
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, Response
+
+from mailer.send.maildir import MaildirTransport
+
+
+def _parse(raw: bytes) -> EmailMessage:
+    return email.message_from_bytes(raw, policy=email.policy.default)  # type: ignore[return-value]
+
+
+def _summary(key: str, msg: EmailMessage, mtime: float) -> dict[str, Any]:
+    return {"key": key, "subject": str(msg["Subject"] or ""), "to": str(msg["To"] or ""), "date": str(msg["Date"] or ""), "mtime": mtime}
+
+
+def mount(
+    app: FastAPI,
+    transport: MaildirTransport,
+    page: Callable[..., HTMLResponse],
+    t: Callable[..., str],
+    local_clients: set[str],
+) -> None:
+    def local(request: Request) -> bool:
+        return request.client is not None and request.client.host in local_clients
+
+    @app.get("/outbox", response_class=HTMLResponse)
+    def outbox_list(request: Request) -> Response:
+        if not local(request):
+            return page("message.html", 404, title=t("notfound.title"), body="")
+        box = transport.box()
+        items = []
+        for key in box.iterkeys():
+            path = transport.folder / box._lookup(key)  # noqa: SLF001 (mailbox has no public path lookup)
+            items.append(_summary(key, _parse(path.read_bytes()), path.stat().st_mtime))
+        items.sort(key=lambda item: item["mtime"], reverse=True)
+        return page("outbox.html", items=items[:200])
+
+    @app.get("/outbox/{key}", response_class=HTMLResponse)
+    def outbox_message(request: Request, key: str) -> Response:
+        if not local(request):
+            return page("message.html", 404, title=t("notfound.title"), body="")
+        box = transport.box()
+        try:
+            raw = box.get_bytes(key)
+        except KeyError:
+            return page("message.html", 404, title=t("notfound.title"), body="")
+        msg = _parse(raw)
+        text_part = msg.get_body(("plain",))
+        html_part = msg.get_body(("html",))
+        return page(
+            "outbox_message.html",
+            subject=str(msg["Subject"] or ""),
+            headers=[(name, str(value)) for name, value in msg.items()],
+            text=text_part.get_content() if text_part else "",
+            html=html_part.get_content() if html_part else None,
+        )
