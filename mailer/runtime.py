@@ -61,10 +61,12 @@ class Runtime:
         return Renderer(self.site, self.settings.base_url, self.tokens, self.secret_key)
 
     @cached_property
-    def transport(self) -> Transport:
-        if self.transport_override is not None:
-            return self.transport_override
+    def configured_transport(self) -> Transport:
         return transport_from_url(self.settings.smtp_url, self.settings.home)
+
+    @property
+    def transport(self) -> Transport:
+        return self.transport_override or self.configured_transport
 
     def deliverer(self) -> Deliverer:
         return Deliverer(

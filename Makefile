@@ -1,0 +1,26 @@
+# The README's commands. `make run` starts the embedded engine; `make test` runs every test.
+export UV_PYTHON_DOWNLOADS := never
+UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
+
+.PHONY: install run test test-deps lint bench
+
+install:  ## uv from PyPI when missing, then the locked dependencies into .venv
+	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv || python3 -m pip install --quiet --break-system-packages uv
+	@$(UV) sync --frozen --quiet
+
+run: install
+	$(UV) run --frozen mailer run
+
+test-deps:  ## Debian packages the tests use for real: Chromium, CJK fonts, PostgreSQL, Redis
+	@scripts/install-test-deps
+
+test: install test-deps
+	$(UV) run --frozen pytest
+
+lint: install
+	$(UV) run --frozen ruff check mailer tests bench
+	$(UV) run --frozen ruff format --check mailer tests bench
+	$(UV) run --frozen mypy
+
+bench: install
+	@for script in bench/*.py; do $(UV) run --frozen python $$script || exit 1; done

@@ -1,0 +1,93 @@
+"""Small steps the tests share: join a seminar the way a reader does, read what arrived."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta
+from email.message import EmailMessage
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import select
+
+from mailer import signup
+from mailer.db import session_scope
+from mailer.models import Delivery, Subscriber
+from mailer.runtime import Runtime
+
+TOKYO = ZoneInfo("Asia/Tokyo")
+CONFIRM_LINK = re.compile(r"https?://[^\s\"<>]+/confirm/([A-Za-z0-9_.\-]+)")
+
+
+def at(text: str, zone: ZoneInfo = TOKYO) -> datetime:
+    """A local wall time, e.g. at("2026-12-01 10:00") in Tokyo."""
+    return datetime.fromisoformat(text).replace(tzinfo=zone)
+
+
+def text_of(message: EmailMessage) -> str:
+    body = message.get_body(("plain",))
+    assert body is not None
+    return str(body.get_content())
+
+
+def confirm_token(message: EmailMessage) -> str:
+    found = CONFIRM_LINK.search(text_of(message))
+    assert found, "no confirmation link in the mail"
+    return found.group(1)
+
+
+def subscribe(rt: Runtime, email: str, now: datetime, **fields: str) -> signup.Accepted | signup.Refusal:
+    with session_scope(rt.sessions) as session:
+        return signup.subscribe(session, rt.site, rt.catalog(), signup.SignupRequest(email=email, **fields), now)
+
+
+def confirm(rt: Runtime, token: str, now: datetime) -> signup.Confirmed | None:
+    claim = rt.tokens.read_confirm(token, 7 * 86400)
+    assert claim is not None
+    with session_scope(rt.sessions) as session:
+        return signup.confirm(session, rt.site, rt.catalog(), claim, now)
+
+
+def join(rt: Runtime, sink: object, email: str, now: datetime, **fields: str) -> int:
+    """Sign up, receive the confirmation, confirm at `now`, and receive the welcome; the id."""
+    assert isinstance(subscribe(rt, email, now, **fields), signup.Accepted)
+    rt.tick(lambda: now)
+    confirmation = [m for m in sink.to(email) if "/confirm/" in text_of(m)][-1]  # type: ignore[attr-defined]
+    assert confirm(rt, confirm_token(confirmation), now) is not None
+    rt.tick(lambda: now)
+    with session_scope(rt.sessions) as session:
+        return session.scalars(select(Subscriber.id).where(Subscriber.email == email)).one()
+
+
+def step_subjects(home: Path, sequence: str = "web-business") -> dict[str, str]:
+    """Each step's subject line, to tell which step a received mail is."""
+    folder = home / "templates" / "mail" / sequence
+    return {(folder / d.name / "subject.txt").read_text(encoding="utf-8").strip(): d.name for d in folder.iterdir()}
+
+
+def arrivals(sink: object, email: str, home: Path, zone: ZoneInfo = TOKYO) -> list[tuple[str, datetime]]:
+    """(step, local time in the Date header) of every seminar mail `email` received, in order."""
+    subjects = step_subjects(home)
+    out = []
+    for message in sink.to(email):  # type: ignore[attr-defined]
+        step = subjects.get(str(message["Subject"]))
+        if step:
+            out.append((step, parsedate_to_datetime(str(message["Date"])).astimezone(zone)))
+    return out
+
+
+def tick_through(rt: Runtime, start: datetime, end: datetime, every: timedelta = timedelta(minutes=30)) -> None:
+    """Run the scheduler as beat would, every `every` from `start` to `end` (simulated time)."""
+    moment = start
+    while moment <= end:
+        rt.tick(lambda m=moment: m)
+        moment += every
+
+
+def ledger(rt: Runtime, subscriber_id: int) -> dict[str | None, str]:
+    with session_scope(rt.sessions) as session:
+        rows = session.execute(
+            select(Delivery.step_id, Delivery.state).where(Delivery.subscriber_id == subscriber_id, Delivery.kind == "step")
+        ).all()
+    return {step: state for step, state in rows}
