@@ -1,0 +1,269 @@
+"""The public pages over a real server: refusals, no enumeration, tokens, one-click unsubscribe."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from mailer.db import session_scope
+from mailer.models import Consent, Delivery, Enrolment, Subscriber
+from mailer.runtime import Runtime
+from tests.conftest import Sink
+from tests.helpers import confirm_token, text_of
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def post(live: str, **form: str) -> httpx.Response:
+    return httpx.post(f"{live}/subscribe", data=form, timeout=10)
+
+
+def error_of(response: httpx.Response) -> str:
+    found = re.search(r'<p class="error"[^>]*>(.*?)</p>', response.text, re.S)
+    return found.group(1) if found else ""
+
+
+def count(rt: Runtime, model: type) -> int:
+    with session_scope(rt.sessions) as session:
+        return session.scalar(select(func.count()).select_from(model)) or 0
+
+
+def signed_up(rt: Runtime, live: str, sink: Sink, email: str) -> str:
+    """Sign up through the form and return the confirmation token from the mail that arrived."""
+    assert post(live, email=email).status_code == 200
+    rt.tick(now)
+    return confirm_token([m for m in sink.to(email) if "/confirm/" in text_of(m)][-1])
+
+
+def test_form_shows_the_notice_of_the_sign_up_box(live: str) -> None:
+    """The form carries every line of the notice: blocked providers, disclaimer, one click, privacy."""
+    page = httpx.get(f"{live}/", timeout=10)
+    assert page.status_code == 200
+    for text in ("iCloud", "Hotmail", "Outlook", "docomo", "ezweb", "利益の保証", "ワンクリック", "プライバシー"):
+        assert text in page.text
+    assert httpx.get(f"{live}/subscribe", timeout=10).text == page.text
+
+
+@pytest.mark.parametrize(
+    ("email", "name", "expected"),
+    [
+        ("", "", "メールアドレスを入力してください"),
+        ("taro", "", "形式が正しくありません"),
+        ("taro@@example.com", "", "形式が正しくありません"),
+        ("a" * 250 + "@example.com", "", "長すぎます"),
+        ("taro..yamada@docomo.ne.jp", "", "docomo"),
+        ("hanako@i.softbank.jp.icloud.com", "", "iCloud"),
+        ("user@hotmail.co.jp", "", "Hotmail"),
+        ("user@outlook.jp", "", "Outlook"),
+        ("user@ezweb.ne.jp", "", "ezweb"),
+        ("ok@example.com", "Taro\r\nBcc: victim@example.com", "使えない文字"),
+        ("ok@example.com", "<script>alert(1)</script>", "使えない文字"),
+        ("ok@example.com", "あ" * 101, "100文字"),
+    ],
+)
+def test_bad_input_is_refused_with_a_clear_message_and_nothing_stored(
+    runtime: Runtime, live: str, sink: Sink, email: str, name: str, expected: str
+) -> None:
+    """Each refusal is a 422 with the form again, a precise message, nothing stored, nothing sent."""
+    response = post(live, email=email, name=name)
+    assert response.status_code == 422
+    assert expected in error_of(response)
+    assert "<script>alert" not in response.text  # whatever was typed comes back escaped
+    assert count(runtime, Subscriber) == 0
+    runtime.tick(now)
+    assert sink.received == []
+
+
+def test_blocked_provider_message_suggests_another_address(live: str) -> None:
+    """The carrier refusal names the provider and suggests signing up with another address."""
+    message = error_of(post(live, email="taro..yamada@docomo.ne.jp"))
+    assert "docomo" in message
+    assert "別のメールアドレス" in message
+
+
+def test_unknown_seminar_is_refused(runtime: Runtime, live: str) -> None:
+    """A sign-up naming a seminar that has no file is refused, not silently enrolled elsewhere."""
+    response = post(live, email="ok@example.com", sequence="no-such-seminar")
+    assert response.status_code == 422
+    assert "存在しません" in error_of(response)
+    assert count(runtime, Subscriber) == 0
+
+
+def test_sign_up_records_consent_and_sends_the_confirmation(runtime: Runtime, live: str, sink: Sink) -> None:
+    """A good sign-up stores one pending subscriber with its consent and sends one confirmation."""
+    response = post(live, email="  Hanako@Example.COM ", name="山田 花子", timezone="Europe/London")
+    assert response.status_code == 200
+    assert "確認メールをお送りしました" in response.text
+    runtime.tick(now)
+    [mail] = sink.to("Hanako@example.com")
+    assert "/confirm/" in text_of(mail)
+    assert "Hanako@example.com" not in str(mail["List-Unsubscribe"] or "")
+    with session_scope(runtime.sessions) as session:
+        subscriber = session.scalars(select(Subscriber)).one()
+        consent = session.scalars(select(Consent)).one()
+    assert (subscriber.email, subscriber.name, subscriber.state, subscriber.timezone) == (
+        "Hanako@example.com", "山田 花子", "pending", "Europe/London"
+    )
+    assert consent.source == "form"
+    assert consent.client_ip == "127.0.0.1"
+    assert consent.form_version
+
+
+def test_unknown_time_zone_is_ignored(runtime: Runtime, live: str) -> None:
+    """A time zone the browser made up is dropped; the seminar's zone applies."""
+    assert post(live, email="tz@example.com", timezone="Mars/Olympus").status_code == 200
+    with session_scope(runtime.sessions) as session:
+        assert session.scalars(select(Subscriber.timezone)).one() is None
+
+
+def test_second_sign_up_answers_the_same_and_never_downgrades(runtime: Runtime, live: str, sink: Sink) -> None:
+    """New, pending and confirmed addresses get the same page; a confirmed reader stays confirmed."""
+    first = post(live, email="same@example.com")
+    pending_again = post(live, email="same@example.com")
+    runtime.tick(now)
+    token = confirm_token(sink.to("same@example.com")[-1])
+    assert httpx.get(f"{live}/confirm/{token}", timeout=10).status_code == 200
+    confirmed_again = post(live, email="SAME@example.com", name="someone else")
+    assert first.status_code == pending_again.status_code == confirmed_again.status_code == 200
+    assert first.text == pending_again.text == confirmed_again.text
+    with session_scope(runtime.sessions) as session:
+        subscriber = session.scalars(select(Subscriber)).one()
+        assert (subscriber.state, subscriber.name) == ("confirmed", "")
+        assert session.scalars(select(Enrolment.state)).one() == "active"
+
+
+def test_confirmation_mails_to_one_address_are_capped(runtime: Runtime, live: str, sink: Sink) -> None:
+    """Ten sign-ups of one address send at most three confirmations a day: no inbox bombing."""
+    for _ in range(10):
+        assert post(live, email="bomb@example.com").status_code == 200
+    runtime.tick(now)
+    assert len(sink.to("bomb@example.com")) == 3
+
+
+def test_sign_ups_per_client_are_rate_limited(runtime: Runtime, live: str) -> None:
+    """One client gets a clear 429 after its hourly allowance of sign-ups."""
+    statuses = [post(live, email=f"r{n}@example.com").status_code for n in range(21)]
+    assert statuses[:20] == [200] * 20
+    assert statuses[20] == 429
+    assert count(runtime, Subscriber) == 20
+
+
+def test_confirm_link_confirms_once_and_starts_the_seminar(runtime: Runtime, live: str, sink: Sink) -> None:
+    """The link confirms and the welcome follows; the same link again is a neutral 4xx page."""
+    token = signed_up(runtime, live, sink, "c@example.com")
+    first = httpx.get(f"{live}/confirm/{token}", timeout=10)
+    assert first.status_code == 200
+    assert "登録が完了しました" in first.text
+    runtime.tick(now)
+    assert any("ようこそ" in str(m["Subject"]) for m in sink.to("c@example.com"))
+    again = httpx.get(f"{live}/confirm/{token}", timeout=10)
+    assert again.status_code == 410
+    assert "このリンクは使えません" in again.text
+
+
+@pytest.mark.parametrize("mangle", [lambda t: t[:-2] + ("AA" if not t.endswith("AA") else "BB"), lambda _t: "garbage", lambda t: t + "x"])
+def test_tampered_confirm_token_is_refused(runtime: Runtime, live: str, sink: Sink, mangle) -> None:  # type: ignore[no-untyped-def]
+    """A token changed by one character, or made up, confirms nothing and shows a neutral page."""
+    token = signed_up(runtime, live, sink, "t@example.com")
+    response = httpx.get(f"{live}/confirm/{mangle(token)}", timeout=10)
+    assert response.status_code == 400
+    assert "このリンクは使えません" in response.text
+    with session_scope(runtime.sessions) as session:
+        assert session.scalars(select(Subscriber.state)).one() == "pending"
+
+
+def test_expired_confirm_token_is_refused(runtime: Runtime, live: str, sink: Sink) -> None:
+    """A confirmation link older than the site's confirm_days no longer works, though otherwise valid."""
+    from itsdangerous import TimestampSigner, URLSafeTimedSerializer
+
+    from tests.conftest import SECRET
+
+    class EightDaysAgo(TimestampSigner):
+        def get_timestamp(self) -> int:
+            return int(now().timestamp()) - 8 * 86400
+
+    signed_up(runtime, live, sink, "old@example.com")
+    with session_scope(runtime.sessions) as session:
+        enrolment = session.scalars(select(Enrolment)).one()
+    old = URLSafeTimedSerializer(SECRET, salt="mailer.confirm", signer=EightDaysAgo)
+    response = httpx.get(f"{live}/confirm/{old.dumps([enrolment.id, enrolment.confirm_nonce])}", timeout=10)
+    assert response.status_code == 400
+    assert "このリンクは使えません" in response.text
+    fresh = runtime.tokens.confirm(enrolment.id, enrolment.confirm_nonce or 0)
+    assert httpx.get(f"{live}/confirm/{fresh}", timeout=10).status_code == 200
+
+
+def _joined(runtime: Runtime, live: str, sink: Sink, email: str) -> str:
+    """Join through the pages; the unsubscribe URL of the welcome mail."""
+    token = signed_up(runtime, live, sink, email)
+    httpx.get(f"{live}/confirm/{token}", timeout=10)
+    runtime.tick(now)
+    welcome = [m for m in sink.to(email) if m["List-Unsubscribe"]][-1]
+    return re.findall(r"<(http[^>]+)>", str(welcome["List-Unsubscribe"]))[0]
+
+
+def test_unsubscribe_page_changes_nothing(runtime: Runtime, live: str, sink: Sink) -> None:
+    """A link scanner fetching the unsubscribe link does not unsubscribe anyone."""
+    url = _joined(runtime, live, sink, "scan@example.com")
+    page = httpx.get(url, timeout=10)
+    assert page.status_code == 200
+    assert "<button" in page.text
+    with session_scope(runtime.sessions) as session:
+        assert session.scalars(select(Subscriber.state)).one() == "confirmed"
+
+
+def test_one_click_post_unsubscribes_at_once(runtime: Runtime, live: str, sink: Sink) -> None:
+    """RFC 8058: a bare POST with List-Unsubscribe=One-Click, no cookie, no redirect, stops all mail."""
+    url = _joined(runtime, live, sink, "leave@example.com")
+    response = httpx.post(url, content=b"List-Unsubscribe=One-Click", headers={"Content-Type": "application/x-www-form-urlencoded"}, timeout=10)
+    assert response.status_code == 200
+    assert "配信を停止しました" in response.text
+    assert not response.headers.get("set-cookie")
+    with session_scope(runtime.sessions) as session:
+        assert session.scalars(select(Subscriber.state)).one() == "unsubscribed"
+        assert set(session.scalars(select(Enrolment.state))) == {"stopped"}
+        assert session.scalar(select(func.count()).select_from(Delivery).where(Delivery.state.in_(["pending", "sending"]))) == 0
+    assert httpx.post(url, timeout=10).status_code == 200  # twice is fine
+    sink.clear()
+    runtime.tick(lambda: datetime(2027, 1, 1, tzinfo=UTC))
+    assert sink.received == []
+
+
+def test_tampered_unsubscribe_token_is_refused(live: str) -> None:
+    """A made-up unsubscribe token shows a neutral page and a 4xx, on GET and on POST."""
+    assert httpx.get(f"{live}/unsubscribe/WzEsMV0.bogus", timeout=10).status_code == 400
+    assert httpx.post(f"{live}/unsubscribe/WzEsMV0.bogus", timeout=10).status_code == 400
+
+
+def test_links_carry_no_address(runtime: Runtime, live: str, sink: Sink) -> None:
+    """Neither the confirmation nor the unsubscribe URL contains the address, even base64-encoded."""
+    import base64
+
+    url = _joined(runtime, live, sink, "private@example.com")
+    token = confirm_token(sink.to("private@example.com")[0])
+    for text in (url, token):
+        assert "private" not in text
+        for chunk in text.rsplit("/", 1)[-1].split("."):
+            decoded = base64.urlsafe_b64decode(chunk + "=" * (-len(chunk) % 4))
+            assert b"private" not in decoded
+
+
+def test_healthz_reports_store_and_broker(live: str) -> None:
+    """Health is JSON naming the database and the broker."""
+    response = httpx.get(f"{live}/healthz", timeout=10)
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok", "database": "ok", "broker": "ok"}
+
+
+def test_unknown_page_is_a_page_not_a_traceback(live: str) -> None:
+    """A wrong URL gets the site's 404 page."""
+    response = httpx.get(f"{live}/nope", timeout=10)
+    assert response.status_code == 404
+    assert "Traceback" not in response.text
+    assert "ページが見つかりません" in response.text
