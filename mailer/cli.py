@@ -12,6 +12,7 @@ from types import FrameType
 from typing import Annotated, NoReturn
 
 import typer
+from sqlalchemy.exc import OperationalError
 from rich.console import Console
 from rich.table import Table
 
@@ -160,7 +161,7 @@ def sequences_check() -> None:
             renderer.confirm(sequence).compose(sample, confirm_url="http://example.invalid/confirm/x", confirm_days=7)
         except Exception as exc:
             errors.append(f"{home / 'templates' / 'mail' / '_confirm'}: {_template_error(exc)}")
-    if site.default_sequence not in catalog:
+    if not (home / "sequences" / f"{site.default_sequence}.toml").exists():
         errors.append(f"{home / 'mailer.toml'}: default_sequence {site.default_sequence!r} names no seminar file")
     if errors:
         for line in errors:
@@ -281,8 +282,13 @@ def main() -> None:
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
+    except OperationalError as exc:
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+        err.print(f"error: cannot use the database (MAILER_DATABASE_URL): {reason}", highlight=False, markup=False)
+        sys.exit(1)
     except Exception as exc:
-        # Never a traceback at the terminal; the log has the details for a bug report.
+        # Never a traceback at the terminal; MAILER_DEBUG=1 logs it for a bug report.
         log.debug("cli.crash", exc_info=True)
-        err.print(f"error: unexpected {type(exc).__name__}: {exc}", highlight=False, markup=False)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        err.print(f"error: unexpected {type(exc).__name__}: {first}", highlight=False, markup=False)
         sys.exit(1)

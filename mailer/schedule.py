@@ -31,14 +31,13 @@ def is_zone(name: str) -> bool:
 
 
 def local_wall(day: date, at: time, zone: ZoneInfo) -> datetime:
-    """A local date and wall-clock time as UTC; a time skipped by a DST jump lands just after it."""
-    naive = datetime.combine(day, at)
-    local = naive.replace(tzinfo=zone)
-    # A wall time that does not exist round-trips to a different one; PEP 495 gives the later
-    # instant with fold=1 for gaps, which is the moment the clocks reach that time.
-    if local.astimezone(UTC).astimezone(zone).replace(tzinfo=None) != naive:
-        local = naive.replace(tzinfo=zone, fold=1)
-    return local.astimezone(UTC)
+    """A local date and wall-clock time as UTC; a time skipped by a DST jump lands just after it.
+
+    PEP 495: with fold=0 a wall time in a spring-forward gap takes the offset from before the
+    jump, which is the instant just after it (02:30 that never was becomes 03:30); an ambiguous
+    fall-back time is its first occurrence.
+    """
+    return datetime.combine(day, at, tzinfo=zone).astimezone(UTC)
 
 
 def local_date(moment: datetime, zone: ZoneInfo) -> date:
@@ -94,5 +93,5 @@ def late_days(due_at: datetime, sent_at: datetime, zone: ZoneInfo) -> int:
 
 def retry_delay(attempt: int, base: timedelta, cap: timedelta, jitter: float) -> timedelta:
     """Exponential backoff with jitter in [0.5, 1.5) of the step; `jitter` in [0, 1) is passed in."""
-    step = min(cap, base * (2 ** max(0, attempt - 1)))
+    step = min(cap, base * (2 ** min(max(0, attempt - 1), 32)))  # 2**32 minutes: past any cap
     return min(cap, step * (0.5 + jitter))

@@ -16,6 +16,7 @@ from mailer.errors import SequenceError
 ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,99}$")
 TOP_KEYS = {"title", "timezone", "send_at", "then", "steps"}
 STEP_KEYS = {"id", "day", "at"}
+STEPS_HEADER = re.compile(r"^\s*\[\[\s*steps\s*\]\]")  # TOML allows spaces inside the brackets
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,20 @@ class Catalog:
 
 def _step_lines(text: str) -> list[int]:
     """Line numbers of each `[[steps]]` header, so errors about step N can point at it."""
-    return [n for n, line in enumerate(text.splitlines(), 1) if line.strip().startswith("[[steps]]")]
+    return [n for n, line in enumerate(text.splitlines(), 1) if STEPS_HEADER.match(line)]
+
+
+def _key_line(lines: list[str], header: int | None, key: str) -> int | None:
+    """The line of `key = ...` inside the step block starting at `header` (else the header)."""
+    if header is None:
+        return None
+    for number in range(header, len(lines)):
+        stripped = lines[number].strip()
+        if stripped.startswith("["):
+            break
+        if stripped.split("=", 1)[0].strip() == key:
+            return number + 1
+    return header
 
 
 def _parse_time(value: object) -> time | None:
@@ -89,9 +103,12 @@ def parse_sequence(path: Path) -> tuple[Sequence | None, list[str]]:
     try:
         data: dict[str, Any] = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        line = getattr(exc, "lineno", None)
-        message = str(getattr(exc, "msg", exc))
-        err(line, f"not valid TOML: {message}")
+        # Python 3.11 puts the position only in the text: "Invalid value (at line 2, column 9)".
+        found = re.match(r"(.*) \(at line (\d+), column (\d+)\)$", str(exc))
+        if found:
+            err(int(found.group(2)), f"not valid TOML: {found.group(1)} (column {found.group(3)})")
+        else:
+            err(None, f"not valid TOML: {exc}")
         return None, errors
 
     for key in sorted(set(data) - TOP_KEYS):
@@ -114,6 +131,7 @@ def parse_sequence(path: Path) -> tuple[Sequence | None, list[str]]:
 
     raw_steps = data.get("steps", [])
     lines = _step_lines(text)
+    text_lines = text.splitlines()
     steps: list[Step] = []
     if not isinstance(raw_steps, list):
         err(None, "steps must be an array of tables ([[steps]])")
@@ -128,7 +146,7 @@ def parse_sequence(path: Path) -> tuple[Sequence | None, list[str]]:
         step_id = item.get("id")
         label = f"step {step_id!r}" if isinstance(step_id, str) else f"step {index + 1}"
         for key in sorted(set(item) - STEP_KEYS):
-            err(line, f"{label}: unknown key {key!r} (expected: id, day, at)")
+            err(_key_line(text_lines, line, key), f"{label}: unknown key {key!r} (expected: id, day, at)")
         if not isinstance(step_id, str) or not ID_PATTERN.fullmatch(step_id):
             err(line, f"{label}: id is required: lowercase letters, digits, '-' and '_'")
             continue
@@ -137,16 +155,19 @@ def parse_sequence(path: Path) -> tuple[Sequence | None, list[str]]:
         seen.add(step_id)
         day = item.get("day")
         if not isinstance(day, int) or isinstance(day, bool) or day < 0:
-            err(line, f"{label}: day must be a whole number of days, 0 or more, got {day!r}")
+            err(_key_line(text_lines, line, "day"), f"{label}: day must be a whole number of days, 0 or more, got {day!r}")
             continue
         if previous_day is not None and day < previous_day:
-            err(line, f"{label}: day {day} is smaller than day {previous_day} of the step before it")
+            err(
+                _key_line(text_lines, line, "day"),
+                f"{label}: day {day} is smaller than day {previous_day} of the step before it",
+            )
         previous_day = day
         at = None
         if "at" in item:
             at = _parse_time(item["at"])
             if at is None:
-                err(line, f"{label}: at {item['at']!r} is not a time like \"12:30\"")
+                err(_key_line(text_lines, line, "at"), f"{label}: at {item['at']!r} is not a time like \"12:30\"")
         steps.append(Step(id=step_id, day=day, at=at, position=len(steps)))
 
     if errors or zone is None or send_at is None or not isinstance(title, str):

@@ -204,14 +204,6 @@ def test_zone_for_uses_the_subscribers_zone_else_the_seminars(
         (SYDNEY, date(2024, 10, 6), time(2, 30), datetime(2024, 10, 5, 16, 0, tzinfo=UTC)),
     ],
 )
-@pytest.mark.xfail(
-    reason=(
-        "local_wall: a wall time skipped by a spring-forward jump resolves with fold=1, which "
-        "zoneinfo maps with the offset AFTER the jump, i.e. one hour BEFORE the gap "
-        "(New York 2024-03-10 02:30 -> 01:30 EST = 06:30 UTC) instead of just after it"
-    ),
-    strict=True,
-)
 def test_wall_time_skipped_by_spring_forward_lands_just_after_the_jump(
     zone: ZoneInfo, day: date, at: time, jump_at_utc: datetime
 ) -> None:
@@ -221,13 +213,6 @@ def test_wall_time_skipped_by_spring_forward_lands_just_after_the_jump(
     assert moment.astimezone(zone).date() == day
 
 
-@pytest.mark.xfail(
-    reason=(
-        "step_due inherits local_wall's DST-gap bug: at = '02:30' on 2024-03-10 in New York "
-        "comes out as 01:30 EST (06:30 UTC), before the jump, instead of just after it"
-    ),
-    strict=True,
-)
 def test_step_due_in_a_spring_forward_gap_is_not_sent_before_the_jump() -> None:
     """A step whose hour the clocks skip is not sent an hour early, before the jump."""
     entered_at = wall(NEW_YORK, 2024, 3, 9, 12, 0)
@@ -467,15 +452,6 @@ def test_retry_delay_doubles_up_to_the_cap(attempt: int, expected: timedelta) ->
     assert retry_delay(attempt, BASE, CAP, 0.5) == expected
 
 
-@pytest.mark.xfail(
-    raises=OverflowError,
-    reason=(
-        "retry_delay computes base * 2 ** (attempt - 1) before capping, so a large attempt "
-        "number (mailer.toml max_attempts is the operator's) overflows timedelta: "
-        "retry_delay(100, 1m, 2h, 0.5) raises OverflowError instead of returning 2h"
-    ),
-    strict=True,
-)
 def test_retry_delay_is_capped_for_any_attempt_number() -> None:
     """However many attempts were made, the delay is the cap, not a crash."""
     assert retry_delay(100, BASE, CAP, 0.5) == CAP
