@@ -25,9 +25,6 @@ from mailer.web import outbox
 
 log = logging.getLogger(__name__)
 
-LOCAL_CLIENTS = {"127.0.0.1", "::1", "localhost"}
-
-
 def create_app(runtime: Runtime, *, broker_ok: Callable[[], bool] = lambda: True) -> FastAPI:
     site = runtime.site
     t = translator(site.locale)
@@ -147,5 +144,5 @@ def create_app(runtime: Runtime, *, broker_ok: Callable[[], bool] = lambda: True
 
     transport = runtime.transport
     if isinstance(transport, MaildirTransport):
-        outbox.mount(app, transport, page, t, LOCAL_CLIENTS)
+        outbox.mount(app, transport, page, t)
     return app

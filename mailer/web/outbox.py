@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email
+import ipaddress
 import email.policy
 from collections.abc import Callable
 from email.message import EmailMessage
@@ -12,6 +13,14 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, Response
 
 from mailer.send.maildir import MaildirTransport
+
+
+def is_local(host: str | None) -> bool:
+    """A request from this machine (loopback), the only kind allowed to read the outbox."""
+    try:
+        return host is not None and ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _parse(raw: bytes) -> EmailMessage:
@@ -27,10 +36,9 @@ def mount(
     transport: MaildirTransport,
     page: Callable[..., HTMLResponse],
     t: Callable[..., str],
-    local_clients: set[str],
 ) -> None:
     def local(request: Request) -> bool:
-        return request.client is not None and request.client.host in local_clients
+        return is_local(request.client.host if request.client else None)
 
     @app.get("/outbox", response_class=HTMLResponse)
     def outbox_list(request: Request) -> Response:

@@ -267,3 +267,19 @@ def test_unknown_page_is_a_page_not_a_traceback(live: str) -> None:
     assert response.status_code == 404
     assert "Traceback" not in response.text
     assert "ページが見つかりません" in response.text
+
+
+def test_outbox_exists_only_on_the_maildir_transport(live: str) -> None:
+    """With a real relay configured there is no /outbox page at all."""
+    assert httpx.get(f"{live}/outbox", timeout=10).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("host", "local"),
+    [("127.0.0.1", True), ("127.0.0.2", True), ("::1", True), ("203.0.113.9", False), ("10.0.0.5", False), (None, False), ("testclient", False)],
+)
+def test_only_loopback_clients_may_read_the_outbox(host: str | None, local: bool) -> None:
+    """The outbox shows mail to the machine's own browser, never to another host."""
+    from mailer.web.outbox import is_local
+
+    assert is_local(host) is local
