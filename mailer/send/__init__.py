@@ -34,7 +34,8 @@ def transport_from_url(url: str, home: Path) -> Transport:
     parts = urlsplit(url)
     if parts.scheme not in {"smtp", "smtps"} or not parts.hostname:
         raise ConfigError(
-            "MAILER_SMTP_URL: expected smtp://user:pass@host:port (smtps://, ?starttls=1) or maildir:FOLDER"
+            "MAILER_SMTP_URL: expected smtp://user:pass@host:port (smtps://, ?starttls=1, &cafile=PATH) "
+            "or maildir:FOLDER"
         )
     query = parse_qs(parts.query)
     try:
@@ -49,5 +50,6 @@ def transport_from_url(url: str, home: Path) -> Transport:
         username=unquote(parts.username) if parts.username else None,
         password=unquote(parts.password) if parts.password else None,
         timeout=float(query.get("timeout", ["30"])[0]),
+        cafile=query.get("cafile", [None])[0],  # a relay whose certificate a private CA signed
     )
 

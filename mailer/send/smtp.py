@@ -34,7 +34,7 @@ class SMTPConnection:
 
     def _connect(self) -> smtplib.SMTP:
         t = self.t
-        context = ssl.create_default_context()
+        context = ssl.create_default_context(cafile=t.cafile)
         try:
             client: smtplib.SMTP
             if t.ssl:
@@ -110,6 +110,7 @@ class SMTPTransport:
         username: str | None = None,
         password: str | None = None,
         timeout: float = 30.0,
+        cafile: str | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -118,6 +119,7 @@ class SMTPTransport:
         self.username = username
         self.password = password
         self.timeout = timeout
+        self.cafile = cafile
 
     @contextmanager
     def session(self) -> Iterator[SMTPConnection]:

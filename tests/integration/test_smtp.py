@@ -1,0 +1,183 @@
+"""SMTP as a relay answers: TLS, AUTH, one connection for many mails, 4xx retried, 5xx suppressed."""
+
+from __future__ import annotations
+
+import ssl
+import subprocess
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
+from sqlalchemy import select
+
+from mailer.db import session_scope
+from mailer.errors import PermanentDeliveryError, TransientDeliveryError
+from mailer.models import Delivery, Subscriber
+from mailer.runtime import Runtime
+from mailer.send import transport_from_url
+from mailer.send.smtp import SMTPTransport
+from tests.conftest import Sink, SinkHandler, free_port
+from tests.helpers import at, join
+
+MESSAGE = b"From: a@example.jp\r\nTo: b@example.com\r\nSubject: hi\r\n\r\nhello\r\n"
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1: the stand-in for a relay's real one."""
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+def authenticator(_server: Any, _session: Any, _envelope: Any, _mechanism: str, data: Any) -> AuthResult:
+    ok = isinstance(data, LoginPassword) and (data.login, data.password) == (b"mailer", b"s3cret")
+    return AuthResult(success=ok)
+
+
+@pytest.fixture
+def tls_sink(certificate: tuple[Path, Path]) -> Iterator[tuple[Sink, str]]:
+    """A relay that requires STARTTLS and then AUTH, like a submission port."""
+    cert, key = certificate
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    handler = SinkHandler()
+    port = free_port()
+    controller = Controller(
+        handler, hostname="127.0.0.1", port=port, tls_context=context, require_starttls=True,
+        authenticator=authenticator, auth_required=True,
+    )
+    controller.start()
+    try:
+        yield Sink(handler, port), str(cert)
+    finally:
+        controller.stop()
+
+
+def test_starttls_and_auth_deliver(tls_sink: tuple[Sink, str]) -> None:
+    """smtp://user:pass@host:port?starttls=1 upgrades to TLS, logs in, and the relay accepts."""
+    sink, cafile = tls_sink
+    transport = transport_from_url(f"smtp://mailer:s3cret@127.0.0.1:{sink.port}?starttls=1&cafile={cafile}", Path())
+    with transport.session() as connection:
+        connection.send("a@example.jp", "b@example.com", MESSAGE)
+    assert [r.recipients for r in sink.received] == [["b@example.com"]]
+
+
+def test_wrong_password_is_a_temporary_failure(tls_sink: tuple[Sink, str]) -> None:
+    """A refused login keeps the mail for a retry once the operator fixes the password."""
+    sink, cafile = tls_sink
+    # Real relays answer 535 and smtplib reports it; aiosmtpd stalls when smtplib falls back to
+    # a second mechanism, so a short timeout ends it. Either way: kept for later, nothing sent.
+    url = f"smtp://mailer:wrong@127.0.0.1:{sink.port}?starttls=1&cafile={cafile}&timeout=2"
+    with transport_from_url(url, Path()).session() as connection, pytest.raises(TransientDeliveryError):
+        connection.send("a@example.jp", "b@example.com", MESSAGE)
+    assert sink.received == []
+
+
+def test_untrusted_certificate_is_refused(tls_sink: tuple[Sink, str]) -> None:
+    """Without the CA, the relay's certificate is not trusted and nothing is sent in clear."""
+    sink, _ = tls_sink
+    transport = transport_from_url(f"smtp://mailer:s3cret@127.0.0.1:{sink.port}?starttls=1", Path())
+    with transport.session() as connection, pytest.raises(TransientDeliveryError, match="CERTIFICATE_VERIFY_FAILED"):
+        connection.send("a@example.jp", "b@example.com", MESSAGE)
+
+
+def test_smtps_implicit_tls(certificate: tuple[Path, Path]) -> None:
+    """smtps:// speaks TLS from the first byte (port 465 style)."""
+    cert, key = certificate
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    handler = SinkHandler()
+    port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port, ssl_context=context)
+    controller.start()
+    try:
+        with transport_from_url(f"smtps://127.0.0.1:{port}?cafile={cert}", Path()).session() as connection:
+            connection.send("a@example.jp", "b@example.com", MESSAGE)
+    finally:
+        controller.stop()
+    assert len(handler.received) == 1
+
+
+def test_one_connection_carries_many_mails_and_survives_refusals(sink: Sink) -> None:
+    """Ten mails share one session; a 421 and a 550 in between do not break the ones after."""
+    sink.handler.rcpt_fault = lambda rcpt: "550 5.1.1 no such user" if rcpt.startswith("gone") else None
+    # 451 keeps the session (a 421 would mean the server is closing it: smtplib reconnects then).
+    sink.handler.data_fault = lambda rcpts: "451 4.3.0 try later" if rcpts[0].startswith("busy") else None
+    transport = SMTPTransport(host="127.0.0.1", port=sink.port)
+    outcomes = []
+    with transport.session() as connection:
+        for rcpt in ["r0@example.com", "busy@example.com", "r1@example.com", "gone@example.com", "r2@example.com"]:
+            try:
+                connection.send("a@example.jp", rcpt, MESSAGE)
+                outcomes.append("ok")
+            except TransientDeliveryError as exc:
+                outcomes.append(f"later {exc.code}")
+            except PermanentDeliveryError as exc:
+                outcomes.append(f"never {exc.code}")
+    assert outcomes == ["ok", "later 451", "ok", "never 550", "ok"]
+    assert sink.handler.connections == 1
+    assert [r.recipients[0] for r in sink.received] == ["r0@example.com", "r1@example.com", "r2@example.com"]
+
+
+def test_reconnects_after_the_server_drops_the_session() -> None:
+    """When the relay goes away mid-session the mail is kept for later and the next send reconnects."""
+    handler = SinkHandler()
+    port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    with SMTPTransport(host="127.0.0.1", port=port, timeout=5).session() as connection:
+        connection.send("a@example.jp", "b@example.com", MESSAGE)
+        controller.stop()
+        with pytest.raises(TransientDeliveryError):
+            connection.send("a@example.jp", "b@example.com", MESSAGE)
+        controller = Controller(handler, hostname="127.0.0.1", port=port)
+        controller.start()
+        connection.send("a@example.jp", "b@example.com", MESSAGE)
+    controller.stop()
+    assert len(handler.received) == 2
+
+
+def test_a_4xx_waits_in_the_ledger_then_goes(runtime: Runtime, sink: Sink) -> None:
+    """A 421 puts the row back to pending with its next attempt later; a later tick delivers it."""
+    sid = join(runtime, sink, "retry@example.com", at("2026-12-01 10:00"))
+    sink.handler.data_fault = lambda _rcpts: "421 4.7.0 slow down"
+    runtime.tick(lambda: at("2026-12-02 09:00"))
+    with session_scope(runtime.sessions) as session:
+        row = session.scalars(select(Delivery).where(Delivery.subscriber_id == sid, Delivery.step_id == "lesson-1")).one()
+    assert (row.state, row.attempts) == ("pending", 1)
+    assert "421" in (row.last_error or "")
+    assert timedelta(seconds=30) <= row.available_at - at("2026-12-02 09:00") <= timedelta(seconds=90)
+    sink.handler.data_fault = lambda _rcpts: None
+    runtime.tick(lambda: at("2026-12-02 09:00:20"))
+    assert len([m for m in sink.to("retry@example.com") if m["List-Unsubscribe"]]) == 1  # welcome only
+    runtime.tick(lambda: at("2026-12-02 09:02"))
+    assert len([m for m in sink.to("retry@example.com") if m["List-Unsubscribe"]]) == 2
+
+
+def test_a_5xx_fails_the_row_suppresses_the_address_and_is_never_retried(runtime: Runtime, sink: Sink) -> None:
+    """550 5.1.1 fails that row only, marks the reader bounced, and nothing is sent to them again."""
+    sid = join(runtime, sink, "gone@example.com", at("2026-12-01 10:00"))
+    join(runtime, sink, "fine@example.com", at("2026-12-01 10:00"))
+    sink.handler.rcpt_fault = lambda rcpt: "550 5.1.1 user unknown" if rcpt == "gone@example.com" else None
+    runtime.tick(lambda: at("2026-12-02 09:00"))
+    with session_scope(runtime.sessions) as session:
+        row = session.scalars(select(Delivery).where(Delivery.subscriber_id == sid, Delivery.step_id == "lesson-1")).one()
+        assert (row.state, row.attempts) == ("failed", 1)
+        assert "5.1.1" in (row.last_error or "")
+        assert session.get(Subscriber, sid).state == "bounced"  # type: ignore[union-attr]
+    sink.handler.rcpt_fault = lambda _rcpt: None
+    for day in range(3, 16):
+        runtime.tick(lambda d=day: at(f"2026-12-{d:02d} 13:00"))
+    assert len(sink.to("gone@example.com")) == 2  # the confirmation and the welcome, before it bounced
+    assert len([m for m in sink.to("fine@example.com") if m["List-Unsubscribe"]]) == 7
