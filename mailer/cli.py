@@ -12,9 +12,9 @@ from types import FrameType
 from typing import Annotated, NoReturn
 
 import typer
-from sqlalchemy.exc import OperationalError
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy.exc import OperationalError
 
 from mailer import logs
 from mailer.config import load_settings
@@ -113,7 +113,16 @@ def worker(concurrency: Annotated[int, typer.Option(help="Threads sending at onc
     runtime = _runtime()
     _prepare(runtime)
     celery = tasks.configure(runtime)
-    celery.worker_main(["worker", "--loglevel=INFO", "-Q", "mailer", "--pool=threads", f"--concurrency={concurrency}"])
+    celery.worker_main(
+        [
+            "worker",
+            "--loglevel=INFO",
+            "-Q",
+            "mailer",
+            "--pool=threads",
+            f"--concurrency={concurrency}",
+        ]
+    )
 
 
 @app.command()
@@ -154,15 +163,22 @@ def sequences_check() -> None:
                 errors.append(f"{where}: step {step.id!r} of {sequence.id!r}: {_template_error(exc)}")
                 continue
             steps += 1
-            errors.extend(f"{where}: step {step.id!r}: the footer lacks {item}" for item in missing_footer_items(composed, site))
+            errors.extend(
+                f"{where}: step {step.id!r}: the footer lacks {item}"
+                for item in missing_footer_items(composed, site)
+            )
             if not composed.subject:
                 errors.append(f"{where}/subject.txt: step {step.id!r}: the subject is empty")
         try:
-            renderer.confirm(sequence).compose(sample, confirm_url="http://example.invalid/confirm/x", confirm_days=7)
+            renderer.confirm(sequence).compose(
+                sample, confirm_url="http://example.invalid/confirm/x", confirm_days=7
+            )
         except Exception as exc:
             errors.append(f"{home / 'templates' / 'mail' / '_confirm'}: {_template_error(exc)}")
     if not (home / "sequences" / f"{site.default_sequence}.toml").exists():
-        errors.append(f"{home / 'mailer.toml'}: default_sequence {site.default_sequence!r} names no seminar file")
+        errors.append(
+            f"{home / 'mailer.toml'}: default_sequence {site.default_sequence!r} names no seminar file"
+        )
     if errors:
         for line in errors:
             err.print(line, highlight=False, markup=False)
@@ -198,7 +214,8 @@ def sequences_preview(
         _fail(f"no seminar {sequence_id!r} (have: {', '.join(sorted(catalog.sequences))})")
     step = sequence.step(step_id)
     if step is None:
-        _fail(f"seminar {sequence_id!r} has no step {step_id!r} (have: {', '.join(s.id for s in sequence.steps)})")
+        have = ", ".join(s.id for s in sequence.steps)
+        _fail(f"seminar {sequence_id!r} has no step {step_id!r} (have: {have})")
     composed = runtime.renderer.step(sequence, step).compose(_sample(runtime))
     if html is not None:
         if composed.html is None:
@@ -222,7 +239,9 @@ def _parse_now(value: str | None) -> datetime:
 
 @app.command()
 def tick(
-    now: Annotated[str | None, typer.Option(help="Act as of this time (ISO-8601; UTC when no offset).")] = None,
+    now: Annotated[
+        str | None, typer.Option(help="Act as of this time (ISO-8601; UTC when no offset).")
+    ] = None,
 ) -> None:
     """One scheduler pass, synchronously: plan what is due as of NOW and send it."""
     runtime = _runtime()
@@ -284,7 +303,11 @@ def main() -> None:
         sys.exit(130)
     except OperationalError as exc:
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
-        err.print(f"error: cannot use the database (MAILER_DATABASE_URL): {reason}", highlight=False, markup=False)
+        err.print(
+            f"error: cannot use the database (MAILER_DATABASE_URL): {reason}",
+            highlight=False,
+            markup=False,
+        )
         sys.exit(1)
     except Exception as exc:
         # Never a traceback at the terminal; MAILER_DEBUG=1 logs it for a bug report.

@@ -151,7 +151,7 @@ def _time(value: object, where: str) -> time:
     try:
         return time.fromisoformat(str(value))
     except ValueError:
-        raise ConfigError(f"{where}: expected a time like \"09:00\", got {value!r}") from None
+        raise ConfigError(f'{where}: expected a time like "09:00", got {value!r}') from None
 
 
 def _duration(value: object, where: str) -> timedelta:
@@ -163,7 +163,7 @@ def _duration(value: object, where: str) -> timedelta:
             return timedelta(seconds=float(text[:-1]) * units[text[-1]])
         return timedelta(seconds=float(text))
     except ValueError:
-        raise ConfigError(f"{where}: expected a duration like \"6h\", got {value!r}") from None
+        raise ConfigError(f'{where}: expected a duration like "6h", got {value!r}') from None
 
 
 def _table(data: dict[str, Any], key: str, where: str) -> dict[str, Any]:
@@ -185,7 +185,9 @@ def load_site(home: Path) -> Site:
         raise ConfigError(f"{where}: {exc}") from None
 
     sender_data = _table(data, "sender", where)
-    missing = [k for k in ("name", "from", "postal_address", "contact", "disclaimer") if not sender_data.get(k)]
+    missing = [
+        k for k in ("name", "from", "postal_address", "contact", "disclaimer") if not sender_data.get(k)
+    ]
     if missing:
         raise ConfigError(f"{where}: [sender] lacks {', '.join(missing)} (required in every mail by law)")
     address = str(sender_data["from"])
@@ -199,7 +201,7 @@ def load_site(home: Path) -> Site:
     )
 
     signup_data = _table(data, "signup", where)
-    blocked = DEFAULT_BLOCKED
+    blocked: tuple[BlockedProvider, ...] = DEFAULT_BLOCKED
     if "blocked" in signup_data:
         try:
             blocked = tuple(
@@ -208,7 +210,7 @@ def load_site(home: Path) -> Site:
             )
         except (KeyError, TypeError):
             raise ConfigError(
-                f"{where}: each [[signup.blocked]] needs provider = \"...\" and domains = [...]"
+                f'{where}: each [[signup.blocked]] needs provider = "..." and domains = [...]'
             ) from None
     signup = Signup(
         blocked=blocked,

@@ -27,7 +27,7 @@ class UTCDateTime(TypeDecorator[datetime]):
         value = value.astimezone(UTC)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
-    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:  # noqa: ARG002 (SQLAlchemy's signature)
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
@@ -39,7 +39,9 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         # deferred SQLite transaction that reads then writes fails at once (SQLITE_BUSY_SNAPSHOT)
         # when another writer committed in between, instead of waiting its turn.
         engine = create_engine(
-            url, connect_args={"timeout": 30, "isolation_level": None, "check_same_thread": False}, **kwargs
+            url,
+            connect_args={"timeout": 30, "isolation_level": None, "check_same_thread": False},
+            **kwargs,
         )
 
         @event.listens_for(engine, "connect")

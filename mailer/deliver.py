@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from datetime import datetime
+from typing import Self
 
 from jinja2 import TemplateError
 from sqlalchemy import select, update
@@ -54,7 +55,7 @@ class Report:
     retried: int = 0
     failed: int = 0
 
-    def __iadd__(self, other: Report) -> Report:
+    def __iadd__(self, other: Report) -> Self:
         for f in fields(self):
             setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
         return self
@@ -148,9 +149,11 @@ class Deliverer:
         extra: dict[str, object] = {}
         if delivery.kind == "confirm":
             if enrolment is None or enrolment.state != "pending" or enrolment.confirm_nonce is None:
-                return self._skip(delivery, "not_pending", report)
+                self._skip(delivery, "not_pending", report)
+                return None
             if sequence is None:
-                return self._skip(delivery, "sequence_removed", report)
+                self._skip(delivery, "sequence_removed", report)
+                return None
             key: tuple[str, ...] = ("confirm", sequence.id)
             if key not in templates:
                 templates[key] = self.renderer.confirm(sequence)
@@ -161,9 +164,11 @@ class Deliverer:
             }
         else:
             if subscriber.state != "confirmed":
-                return self._skip(delivery, subscriber.state, report)
+                self._skip(delivery, subscriber.state, report)
+                return None
             if enrolment is None or enrolment.state != "active":
-                return self._skip(delivery, "not_enrolled", report)
+                self._skip(delivery, "not_enrolled", report)
+                return None
             step = sequence.step(delivery.step_id) if sequence else None
             if sequence is None or step is None:
                 # A step removed from the file is sent to no one who has not had it.
@@ -174,7 +179,11 @@ class Deliverer:
                 zone = schedule.zone_for(subscriber.timezone, sequence.timezone)
                 held = schedule.hold_for_quiet_hours(now, zone, self.site.quiet_hours)
                 if held > now:  # late into the quiet hours: wait for the morning
-                    delivery.state, delivery.available_at, delivery.claimed_by = "pending", held, None
+                    delivery.state, delivery.available_at, delivery.claimed_by = (
+                        "pending",
+                        held,
+                        None,
+                    )
                     report.deferred += 1
                     return None
             key = ("step", sequence.id, step.id)
@@ -184,8 +193,9 @@ class Deliverer:
         try:
             message = templates[key].render(recipient, now, **extra)
         except (TemplateError, OSError) as exc:
-            # A template broken after `sequences check`: keep the mail, retry once it is fixed.
-            log.error("delivery.render_failed delivery_id=%s error=%s", delivery.id, type(exc).__name__)  # noqa: TRY400 (no traceback: the message may quote content)
+            # A template broken after `sequences check`: keep the mail, retry once it is fixed. No
+            # traceback in the log: it may quote the content; the row keeps the error text.
+            log.error("delivery.render_failed delivery_id=%s error=%s", delivery.id, type(exc).__name__)  # noqa: TRY400
             self._retry(delivery, f"render: {exc}", now, report)
             return None
         return Job(delivery.id, subscriber.id, subscriber.email, message)
@@ -206,10 +216,17 @@ class Deliverer:
             report.failed += 1
             log.warning("delivery.failed delivery_id=%s attempts=%s", delivery.id, delivery.attempts)
             return
-        delay = schedule.retry_delay(delivery.attempts, settings.retry_base, settings.retry_cap, self.jitter())
+        delay = schedule.retry_delay(
+            delivery.attempts, settings.retry_base, settings.retry_cap, self.jitter()
+        )
         delivery.state, delivery.available_at = "pending", now + delay
         report.retried += 1
-        log.info("delivery.retry delivery_id=%s attempts=%s in_seconds=%d", delivery.id, delivery.attempts, delay.total_seconds())
+        log.info(
+            "delivery.retry delivery_id=%s attempts=%s in_seconds=%d",
+            delivery.id,
+            delivery.attempts,
+            delay.total_seconds(),
+        )
 
     def _send_group(
         self, jobs: list[Job], token: str, now: datetime, connection: Connection, catalog: Catalog
@@ -221,7 +238,9 @@ class Deliverer:
             live = set(
                 session.scalars(
                     select(Delivery.id).where(
-                        Delivery.id.in_(ids), Delivery.claimed_by == token, Delivery.state == "sending"
+                        Delivery.id.in_(ids),
+                        Delivery.claimed_by == token,
+                        Delivery.state == "sending",
                     )
                 )
             )
@@ -271,24 +290,38 @@ class Deliverer:
         for job, error in outcomes:
             if error is None:
                 continue
-            delivery = session.get(Delivery, job.delivery_id)
-            if delivery is None or delivery.claimed_by != token:
+            failed = session.get(Delivery, job.delivery_id)
+            if failed is None or failed.claimed_by != token:
                 continue
-            if not isinstance(error, PermanentDeliveryError):
-                self._retry(delivery, str(error), now, report)
-                continue
-            delivery.state, delivery.claimed_by = "failed", None
-            delivery.attempts += 1
-            delivery.last_error = str(error)[:1000]
-            report.failed += 1
-            log.warning("delivery.failed delivery_id=%s code=%s", delivery.id, error.code)
-            subscriber = session.get(Subscriber, job.subscriber_id)
-            if subscriber is not None and suppresses(error):
-                subscriber.state = "bounced"
-                cursor.stop_all(session, subscriber)
-                store.skip_open_deliveries(session, subscriber_id=subscriber.id, reason="bounced")
-                log.info("subscriber.suppressed subscriber_id=%s", subscriber.id)
-            elif delivery.kind == "step" and subscriber is not None:
-                enrolment = session.get(Enrolment, delivery.enrolment_id)
-                if enrolment is not None:  # this step cannot reach them: go on with the next
-                    cursor.after_sent(session, self.site, catalog, subscriber, enrolment, delivery, now)
+            if isinstance(error, PermanentDeliveryError):
+                self._fail(session, failed, error, now, catalog, report)
+            else:
+                self._retry(failed, str(error), now, report)
+
+    def _fail(
+        self,
+        session: Session,
+        delivery: Delivery,
+        error: PermanentDeliveryError,
+        now: datetime,
+        catalog: Catalog,
+        report: Report,
+    ) -> None:
+        """A 5xx: this row fails for good; a dead mailbox is suppressed, else the seminar goes on."""
+        delivery.state, delivery.claimed_by = "failed", None
+        delivery.attempts += 1
+        delivery.last_error = str(error)[:1000]
+        report.failed += 1
+        log.warning("delivery.failed delivery_id=%s code=%s", delivery.id, error.code)
+        subscriber = session.get(Subscriber, delivery.subscriber_id)
+        if subscriber is None:
+            return
+        if suppresses(error):
+            subscriber.state = "bounced"
+            cursor.stop_all(session, subscriber)
+            store.skip_open_deliveries(session, subscriber_id=subscriber.id, reason="bounced")
+            log.info("subscriber.suppressed subscriber_id=%s", subscriber.id)
+            return
+        enrolment = session.get(Enrolment, delivery.enrolment_id) if delivery.kind == "step" else None
+        if enrolment is not None:  # this step cannot reach them: go on with the next
+            cursor.after_sent(session, self.site, catalog, subscriber, enrolment, delivery, now)

@@ -32,7 +32,9 @@ def received_position(session: Session, enrolment: Enrolment, sequence: Sequence
     return max(positions, default=-1)
 
 
-def _due(site: Site, subscriber: Subscriber, sequence: Sequence, step: Step, enrolment: Enrolment) -> datetime:
+def _due(
+    site: Site, subscriber: Subscriber, sequence: Sequence, step: Step, enrolment: Enrolment
+) -> datetime:
     assert enrolment.entered_at is not None
     return schedule.step_due(
         sequence,
@@ -45,7 +47,12 @@ def _due(site: Site, subscriber: Subscriber, sequence: Sequence, step: Step, enr
 
 
 def set_cursor(
-    session: Session, site: Site, subscriber: Subscriber, sequence: Sequence, enrolment: Enrolment, step: Step | None
+    session: Session,
+    site: Site,
+    subscriber: Subscriber,
+    sequence: Sequence,
+    enrolment: Enrolment,
+    step: Step | None,
 ) -> None:
     """Point the cursor at `step` (None: nothing more to send for now)."""
     enrolment.next_step_id = step.id if step else None
@@ -53,11 +60,25 @@ def set_cursor(
     session.flush()
 
 
-def plan(session: Session, site: Site, subscriber: Subscriber, sequence: Sequence, enrolment: Enrolment, now: datetime) -> int | None:
+def plan(
+    session: Session,
+    site: Site,
+    subscriber: Subscriber,
+    sequence: Sequence,
+    enrolment: Enrolment,
+    now: datetime,
+) -> int | None:
     """Turn a due cursor into its ledger row; the row's id, or None when nothing was planned."""
     step = sequence.step(enrolment.next_step_id)
     if step is None:  # the step was removed from the file: recompute from what was received
-        set_cursor(session, site, subscriber, sequence, enrolment, sequence.step_after(received_position(session, enrolment, sequence)))
+        set_cursor(
+            session,
+            site,
+            subscriber,
+            sequence,
+            enrolment,
+            sequence.step_after(received_position(session, enrolment, sequence)),
+        )
         step = sequence.step(enrolment.next_step_id)
         if step is None or enrolment.next_due_at is None or enrolment.next_due_at > now:
             return None
@@ -82,7 +103,9 @@ def plan(session: Session, site: Site, subscriber: Subscriber, sequence: Sequenc
     # (they re-subscribed); sent, the cursor moves on; pending, it is on its way.
     existing = session.scalars(
         select(Delivery).where(
-            Delivery.subscriber_id == subscriber.id, Delivery.sequence_id == sequence.id, Delivery.step_id == step.id
+            Delivery.subscriber_id == subscriber.id,
+            Delivery.sequence_id == sequence.id,
+            Delivery.step_id == step.id,
         )
     ).one()
     if existing.state in {"skipped", "failed"}:
@@ -118,7 +141,14 @@ def plan_due(session: Session, site: Site, catalog: Catalog, now: datetime, limi
         session.flush()
 
 
-def enter(session: Session, site: Site, subscriber: Subscriber, sequence: Sequence, enrolment: Enrolment, now: datetime) -> int | None:
+def enter(
+    session: Session,
+    site: Site,
+    subscriber: Subscriber,
+    sequence: Sequence,
+    enrolment: Enrolment,
+    now: datetime,
+) -> int | None:
     """Start (or resume) the seminar: the cursor at the next step not yet received.
 
     Resuming after an unsubscribe is like coming back from an outage: the next step goes out at
@@ -134,7 +164,9 @@ def enter(session: Session, site: Site, subscriber: Subscriber, sequence: Sequen
         zone = _zone(subscriber, sequence)
         due = _due(site, subscriber, sequence, step, enrolment)
         if due < now:
-            enrolment.shift_days += max(0, (schedule.local_date(now, zone) - schedule.local_date(due, zone)).days)
+            enrolment.shift_days += max(
+                0, (schedule.local_date(now, zone) - schedule.local_date(due, zone)).days
+            )
             if _due(site, subscriber, sequence, step, enrolment) < now:
                 enrolment.shift_days += 1
     set_cursor(session, site, subscriber, sequence, enrolment, step)
@@ -166,16 +198,27 @@ def after_sent(
         enrol_after(session, site, catalog, subscriber, sequence.then, now)
 
 
-def enrol_after(session: Session, site: Site, catalog: Catalog, subscriber: Subscriber, sequence_id: str, now: datetime) -> None:
+def enrol_after(
+    session: Session,
+    site: Site,
+    catalog: Catalog,
+    subscriber: Subscriber,
+    sequence_id: str,
+    now: datetime,
+) -> None:
     """On finishing a seminar, join its `then` (a seminar, or a magazine's broadcast-only list)."""
     sequence = catalog.get(sequence_id)
     if sequence is None:
         return
     enrolment = session.scalars(
-        select(Enrolment).where(Enrolment.subscriber_id == subscriber.id, Enrolment.sequence_id == sequence_id)
+        select(Enrolment).where(
+            Enrolment.subscriber_id == subscriber.id, Enrolment.sequence_id == sequence_id
+        )
     ).first()
     if enrolment is None:
-        enrolment = Enrolment(subscriber_id=subscriber.id, sequence_id=sequence_id, created_at=now, shift_days=0)
+        enrolment = Enrolment(
+            subscriber_id=subscriber.id, sequence_id=sequence_id, created_at=now, shift_days=0
+        )
         session.add(enrolment)
         session.flush()
     elif enrolment.state == "active":
@@ -197,7 +240,9 @@ def apply_edits(session: Session, site: Site, catalog: Catalog, now: datetime) -
         if version is not None and version.fingerprint == sequence.fingerprint:
             continue
         in_flight = select(Delivery.enrolment_id).where(
-            Delivery.sequence_id == sequence.id, Delivery.kind == "step", Delivery.state.in_(store.OPEN)
+            Delivery.sequence_id == sequence.id,
+            Delivery.kind == "step",
+            Delivery.state.in_(store.OPEN),
         )
         rows = session.execute(
             select(Enrolment, Subscriber)
@@ -215,7 +260,9 @@ def apply_edits(session: Session, site: Site, catalog: Catalog, now: datetime) -
             set_cursor(session, site, subscriber, sequence, enrolment, step)
             moved += before != (enrolment.next_step_id, enrolment.next_due_at)
         if version is None:
-            session.add(SequenceVersion(sequence_id=sequence.id, fingerprint=sequence.fingerprint, applied_at=now))
+            session.add(
+                SequenceVersion(sequence_id=sequence.id, fingerprint=sequence.fingerprint, applied_at=now)
+            )
         else:
             version.fingerprint, version.applied_at = sequence.fingerprint, now
         log.info("sequence.applied sequence=%s cursors_moved=%s", sequence.id, moved)
@@ -228,4 +275,3 @@ def stop_all(session: Session, subscriber: Subscriber) -> None:
         enrolment.state = "stopped"
         enrolment.next_due_at = None
         enrolment.confirm_nonce = None
-

@@ -19,8 +19,7 @@ MESSAGES: dict[str, dict[str, str]] = {
         "error.too_long": "メールアドレスが長すぎます。",
         "error.invalid": "メールアドレスの形式が正しくありません。入力内容をご確認ください。",
         "error.blocked": (
-            "{provider}のアドレスにはメールが届きません。"
-            "Gmailなど、別のメールアドレスでご登録ください。"
+            "{provider}のアドレスにはメールが届きません。Gmailなど、別のメールアドレスでご登録ください。"
         ),
         "error.name": "お名前に使えない文字（改行や < > など）が含まれています。",
         "error.name_long": "お名前は100文字以内で入力してください。",
@@ -51,9 +50,14 @@ MESSAGES: dict[str, dict[str, str]] = {
         "mail.sender": "発行者",
         "mail.address": "住所",
         "mail.contact": "お問い合わせ",
-        "mail.refuse": "今後このメールの受信を希望されない場合は、下記のリンクからいつでも配信を停止できます（ワンクリックで解除できます）。",
+        "mail.refuse": (
+            "今後このメールの受信を希望されない場合は、"
+            "下記のリンクからいつでも配信を停止できます（ワンクリックで解除できます）。"
+        ),
         "mail.unsubscribe": "配信停止",
-        "mail.why_confirm": "このメールは、上記の登録フォームにこのアドレスが入力されたためお送りしています。",
+        "mail.why_confirm": (
+            "このメールは、上記の登録フォームにこのアドレスが入力されたためお送りしています。"
+        ),
     },
     "en": {
         "reader": "reader",
@@ -69,8 +73,7 @@ MESSAGES: dict[str, dict[str, str]] = {
         "error.too_long": "That e-mail address is too long.",
         "error.invalid": "That does not look like an e-mail address. Please check it.",
         "error.blocked": (
-            "Our mail cannot reach {provider} addresses. Please sign up with another address, "
-            "such as Gmail."
+            "Our mail cannot reach {provider} addresses. Please sign up with another address, such as Gmail."
         ),
         "error.name": "The name contains characters that cannot be used (line breaks, < or >).",
         "error.name_long": "Please keep the name to 100 characters.",

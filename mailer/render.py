@@ -20,7 +20,14 @@ from typing import Any
 from urllib.parse import quote
 
 import css_inline
-from jinja2 import Environment, FileSystemLoader, StrictUndefined, TemplateNotFound, select_autoescape
+from jinja2 import (
+    Environment,
+    FileSystemLoader,
+    StrictUndefined,
+    Template,
+    TemplateNotFound,
+    select_autoescape,
+)
 from markupsafe import Markup
 
 from mailer.config import Site
@@ -106,6 +113,7 @@ class MailTemplate:
         self.list_mail = list_mail  # seminar and magazine mail: List-* headers and unsubscribe
         self.subject = env.get_template(f"{folder}/subject.txt")
         self.body_text = env.get_template(f"{folder}/body.txt")
+        self.body_html: Template | None
         try:
             self.body_html = env.get_template(f"{folder}/body.html")
         except TemplateNotFound:
@@ -115,7 +123,7 @@ class MailTemplate:
 
     def compose(self, recipient: Recipient, **extra: Any) -> Composed:
         r = self.renderer
-        t = r.env.globals["t"]
+        t = translator(r.site.locale)
         unsubscribe_url = None
         if self.list_mail:
             token = r.tokens.unsubscribe(recipient.subscriber_id, recipient.delivery_id or None)
@@ -178,7 +186,9 @@ class Renderer:
         return f"<{delivery_id}.{tag}@{self.site.sender.domain}>"
 
     def step(self, sequence: Sequence, step: Step) -> MailTemplate:
-        return MailTemplate(self, f"mail/{sequence.id}/{step.id}", sequence=sequence, step=step, list_mail=True)
+        return MailTemplate(
+            self, f"mail/{sequence.id}/{step.id}", sequence=sequence, step=step, list_mail=True
+        )
 
     def confirm(self, sequence: Sequence) -> MailTemplate:
         return MailTemplate(self, "mail/_confirm", sequence=sequence, step=None, list_mail=False)

@@ -121,10 +121,10 @@ def parse_sequence(path: Path) -> tuple[Sequence | None, list[str]]:
     try:
         zone = ZoneInfo(str(zone_name))
     except (ZoneInfoNotFoundError, ValueError):
-        err(None, f"timezone {zone_name!r} is not an IANA time zone (such as \"Asia/Tokyo\")")
+        err(None, f'timezone {zone_name!r} is not an IANA time zone (such as "Asia/Tokyo")')
     send_at = _parse_time(data.get("send_at", "09:00"))
     if send_at is None:
-        err(None, f"send_at {data.get('send_at')!r} is not a time like \"09:00\"")
+        err(None, f'send_at {data.get("send_at")!r} is not a time like "09:00"')
     then = data.get("then")
     if then is not None and (not isinstance(then, str) or not ID_PATTERN.fullmatch(then)):
         err(None, f"then {then!r} must name another seminar file (without .toml)")
@@ -146,7 +146,10 @@ def parse_sequence(path: Path) -> tuple[Sequence | None, list[str]]:
         step_id = item.get("id")
         label = f"step {step_id!r}" if isinstance(step_id, str) else f"step {index + 1}"
         for key in sorted(set(item) - STEP_KEYS):
-            err(_key_line(text_lines, line, key), f"{label}: unknown key {key!r} (expected: id, day, at)")
+            err(
+                _key_line(text_lines, line, key),
+                f"{label}: unknown key {key!r} (expected: id, day, at)",
+            )
         if not isinstance(step_id, str) or not ID_PATTERN.fullmatch(step_id):
             err(line, f"{label}: id is required: lowercase letters, digits, '-' and '_'")
             continue
@@ -155,7 +158,10 @@ def parse_sequence(path: Path) -> tuple[Sequence | None, list[str]]:
         seen.add(step_id)
         day = item.get("day")
         if not isinstance(day, int) or isinstance(day, bool) or day < 0:
-            err(_key_line(text_lines, line, "day"), f"{label}: day must be a whole number of days, 0 or more, got {day!r}")
+            err(
+                _key_line(text_lines, line, "day"),
+                f"{label}: day must be a whole number of days, 0 or more, got {day!r}",
+            )
             continue
         if previous_day is not None and day < previous_day:
             err(
@@ -167,7 +173,10 @@ def parse_sequence(path: Path) -> tuple[Sequence | None, list[str]]:
         if "at" in item:
             at = _parse_time(item["at"])
             if at is None:
-                err(_key_line(text_lines, line, "at"), f"{label}: at {item['at']!r} is not a time like \"12:30\"")
+                err(
+                    _key_line(text_lines, line, "at"),
+                    f'{label}: at {item["at"]!r} is not a time like "12:30"',
+                )
         steps.append(Step(id=step_id, day=day, at=at, position=len(steps)))
 
     if errors or zone is None or send_at is None or not isinstance(title, str):
@@ -199,9 +208,11 @@ def load_catalog(home: Path) -> tuple[Catalog, list[str]]:
         errors.extend(found)
         if sequence is not None:
             sequences[sequence.id] = sequence
-    for sequence in sequences.values():
-        if sequence.then and sequence.then not in sequences:
-            errors.append(f"{folder / (sequence.id + '.toml')}: then {sequence.then!r} names no seminar file")
+    errors.extend(
+        f"{folder / (sequence.id + '.toml')}: then {sequence.then!r} names no seminar file"
+        for sequence in sequences.values()
+        if sequence.then and sequence.then not in sequences
+    )
     return Catalog(sequences), errors
 
 

@@ -75,7 +75,12 @@ def subscribe(
     subscriber = store.find_subscriber_by_key(session, address.key)
     if subscriber is None:
         subscriber = Subscriber(
-            email=address.email, email_key=address.key, name=name, timezone=timezone, state="pending", created_at=now
+            email=address.email,
+            email_key=address.key,
+            name=name,
+            timezone=timezone,
+            state="pending",
+            created_at=now,
         )
         session.add(subscriber)
         session.flush()
@@ -86,12 +91,16 @@ def subscribe(
         subscriber.timezone = timezone or subscriber.timezone
 
     enrolment = session.scalars(
-        select(Enrolment).where(Enrolment.subscriber_id == subscriber.id, Enrolment.sequence_id == sequence.id)
+        select(Enrolment).where(
+            Enrolment.subscriber_id == subscriber.id, Enrolment.sequence_id == sequence.id
+        )
     ).first()
     if subscriber.state == "confirmed" and enrolment is not None and enrolment.state == "active":
         return Accepted(sequence, None)  # already reading it: nothing to send, same answer
     if enrolment is None:
-        enrolment = Enrolment(subscriber_id=subscriber.id, sequence_id=sequence.id, created_at=now, shift_days=0)
+        enrolment = Enrolment(
+            subscriber_id=subscriber.id, sequence_id=sequence.id, created_at=now, shift_days=0
+        )
         session.add(enrolment)
     enrolment.state = "pending"
     enrolment.next_due_at = None
@@ -159,7 +168,11 @@ def confirm(
         consent.confirmed_at = now
     # Confirmation mails still queued for this enrolment would only confuse now.
     store.skip_open_deliveries(
-        session, subscriber_id=subscriber.id, reason="confirmed", kind="confirm", enrolment_id=enrolment.id
+        session,
+        subscriber_id=subscriber.id,
+        reason="confirmed",
+        kind="confirm",
+        enrolment_id=enrolment.id,
     )
     delivery_id = cursor.enter(session, site, subscriber, sequence, enrolment, now)
     log.info("signup.confirmed subscriber_id=%s enrolment_id=%s", subscriber.id, enrolment.id)

@@ -11,7 +11,9 @@ from mailer.models import Delivery, Subscriber
 
 
 def collect(session: Session) -> dict[str, Any]:
-    subscribers = dict(session.execute(select(Subscriber.state, func.count()).group_by(Subscriber.state)).all())
+    subscribers = dict(
+        session.execute(select(Subscriber.state, func.count()).group_by(Subscriber.state)).all()
+    )
     deliveries: list[dict[str, Any]] = []
     rows = session.execute(
         select(Delivery.kind, Delivery.sequence_id, Delivery.step_id, Delivery.state, func.count())
@@ -19,7 +21,9 @@ def collect(session: Session) -> dict[str, Any]:
         .order_by(Delivery.kind, Delivery.sequence_id, Delivery.step_id, Delivery.state)
     ).all()
     for kind, sequence_id, step_id, state, count in rows:
-        deliveries.append({"kind": kind, "sequence": sequence_id, "step": step_id, "state": state, "count": count})
+        deliveries.append(
+            {"kind": kind, "sequence": sequence_id, "step": step_id, "state": state, "count": count}
+        )
     via = aliased(Delivery)
     unsubscribes = [
         {"kind": kind, "sequence": sequence_id, "step": step_id, "count": count}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Select, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -14,7 +15,7 @@ CLAIMABLE = ("pending", "sending")
 OPEN = ("pending", "sending")
 
 
-def _skip_locked(session: Session, query: Select[tuple[int]]) -> Select[tuple[int]]:
+def _skip_locked(session: Session, query: Select[Any]) -> Select[Any]:
     # PostgreSQL: workers on many machines each take rows nobody else holds. SQLite has one
     # writer at a time (BEGIN IMMEDIATE), which serialises claims by itself.
     if session.get_bind().dialect.name == "postgresql":
@@ -75,7 +76,12 @@ def insert_delivery(session: Session, **values: object) -> int | None:
 
 
 def skip_open_deliveries(
-    session: Session, *, subscriber_id: int, reason: str, kind: str | None = None, enrolment_id: int | None = None
+    session: Session,
+    *,
+    subscriber_id: int,
+    reason: str,
+    kind: str | None = None,
+    enrolment_id: int | None = None,
 ) -> int:
     """Everything not yet handed to SMTP for this subscriber is not sent (state skipped)."""
     query = update(Delivery).where(Delivery.subscriber_id == subscriber_id, Delivery.state.in_(OPEN))
@@ -91,11 +97,18 @@ def skip_open_deliveries(
 
 
 def count_recent_confirmations(session: Session, subscriber_id: int, since: datetime) -> int:
-    return session.scalar(
-        select(func.count())
-        .select_from(Delivery)
-        .where(Delivery.subscriber_id == subscriber_id, Delivery.kind == "confirm", Delivery.created_at >= since)
-    ) or 0
+    return (
+        session.scalar(
+            select(func.count())
+            .select_from(Delivery)
+            .where(
+                Delivery.subscriber_id == subscriber_id,
+                Delivery.kind == "confirm",
+                Delivery.created_at >= since,
+            )
+        )
+        or 0
+    )
 
 
 def find_subscriber_by_key(session: Session, email_key: str) -> Subscriber | None:

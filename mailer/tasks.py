@@ -54,7 +54,6 @@ def configure(runtime: Runtime) -> Celery:
 
 
 def runtime() -> Runtime:
-    global _runtime  # noqa: PLW0603
     if _runtime is None:  # a worker started by the `celery` command rather than `mailer worker`
         configure(Runtime(Settings()))
     assert _runtime is not None
@@ -86,7 +85,11 @@ def deliver() -> int:
     if report.sent or report.failed:
         log.info(
             "deliver.done sent=%s skipped=%s deferred=%s retried=%s failed=%s",
-            report.sent, report.skipped, report.deferred, report.retried, report.failed,
+            report.sent,
+            report.skipped,
+            report.deferred,
+            report.retried,
+            report.failed,
         )
     return report.sent
 

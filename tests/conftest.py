@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import email
 import email.policy
-import glob
 import itertools
 import os
 import shutil
@@ -59,7 +58,9 @@ class PostgresServer:
     counter: Iterator[int] = field(default_factory=itertools.count)
 
     def admin(self) -> psycopg.Connection[Any]:
-        return psycopg.connect(host=self.host, port=self.port, user="postgres", dbname="postgres", autocommit=True)
+        return psycopg.connect(
+            host=self.host, port=self.port, user="postgres", dbname="postgres", autocommit=True
+        )
 
     def new_database(self) -> str:
         name = f"t{os.getpid()}_{next(self.counter)}"
@@ -69,10 +70,10 @@ class PostgresServer:
 
 
 def _pg_bin() -> Path:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
     if not found:
         pytest.fail("PostgreSQL is not installed: `make test` installs it (scripts/install-test-deps)")
-    return Path(found[-1]).parent
+    return found[-1].parent
 
 
 @pytest.fixture(scope="session")
@@ -87,14 +88,35 @@ def postgres() -> Iterator[PostgresServer]:
         shutil.chown(base, "postgres")
         as_postgres = ["runuser", "-u", "postgres", "--"]
     subprocess.run(
-        [*as_postgres, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust", "--no-sync"],
+        [
+            *as_postgres,
+            str(bindir / "initdb"),
+            "-D",
+            str(data),
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "--no-sync",
+        ],
         check=True,
         capture_output=True,
     )
     port = free_port()
     options = f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
     subprocess.run(
-        [*as_postgres, str(bindir / "pg_ctl"), "-D", str(data), "-w", "-l", str(base / "log"), "-o", options, "start"],
+        [
+            *as_postgres,
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-w",
+            "-l",
+            str(base / "log"),
+            "-o",
+            options,
+            "start",
+        ],
         check=True,
         capture_output=True,
     )
@@ -127,12 +149,27 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     folder = tmp_path_factory.mktemp("redis")
     proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(folder)],
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(folder),
+        ],
         stdout=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+        with (
+            contextlib.suppress(OSError),
+            socket.create_connection(("127.0.0.1", port), timeout=0.2),
+        ):
             break
         time.sleep(0.02)
     try:
@@ -165,25 +202,31 @@ class SinkHandler:
         self.data_fault: Callable[[list[str]], str | None] = lambda _rcpts: None
         self.lock = threading.Lock()
 
-    async def handle_EHLO(self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]) -> list[str]:  # noqa: N802 (aiosmtpd's hook name)
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
         session.host_name = hostname
         with self.lock:
             self.connections += 1
         return responses
 
-    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]) -> str:  # noqa: N802
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
+    ) -> str:
         reply = self.rcpt_fault(address)
         if reply:
             return reply
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         reply = self.data_fault(list(envelope.rcpt_tos))
         if reply:
             return reply
         with self.lock:
-            self.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
+            self.received.append(
+                Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content)
+            )
         return "250 Message accepted"
 
 
@@ -256,7 +299,9 @@ def runtime(home: Path, database_url: str, sink: Sink) -> Iterator[Runtime]:
 @contextlib.contextmanager
 def serve(app: Any, port: int) -> Iterator[str]:
     """A real uvicorn on `port`, in a thread: the pages as a browser gets them."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="off")
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="off"
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

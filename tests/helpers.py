@@ -39,7 +39,9 @@ def confirm_token(message: EmailMessage) -> str:
 
 def subscribe(rt: Runtime, email: str, now: datetime, **fields: str) -> signup.Accepted | signup.Refusal:
     with session_scope(rt.sessions) as session:
-        return signup.subscribe(session, rt.site, rt.catalog(), signup.SignupRequest(email=email, **fields), now)
+        return signup.subscribe(
+            session, rt.site, rt.catalog(), signup.SignupRequest(email=email, **fields), now
+        )
 
 
 def confirm(rt: Runtime, token: str, now: datetime) -> signup.Confirmed | None:
@@ -63,7 +65,10 @@ def join(rt: Runtime, sink: object, email: str, now: datetime, **fields: str) ->
 def step_subjects(home: Path, sequence: str = "web-business") -> dict[str, str]:
     """Each step's subject line, to tell which step a received mail is."""
     folder = home / "templates" / "mail" / sequence
-    return {(folder / d.name / "subject.txt").read_text(encoding="utf-8").strip(): d.name for d in folder.iterdir()}
+    return {
+        (folder / d.name / "subject.txt").read_text(encoding="utf-8").strip(): d.name
+        for d in folder.iterdir()
+    }
 
 
 def arrivals(sink: object, email: str, home: Path, zone: ZoneInfo = TOKYO) -> list[tuple[str, datetime]]:
@@ -77,7 +82,9 @@ def arrivals(sink: object, email: str, home: Path, zone: ZoneInfo = TOKYO) -> li
     return out
 
 
-def tick_through(rt: Runtime, start: datetime, end: datetime, every: timedelta = timedelta(minutes=30)) -> None:
+def tick_through(
+    rt: Runtime, start: datetime, end: datetime, every: timedelta = timedelta(minutes=30)
+) -> None:
     """Run the scheduler as beat would, every `every` from `start` to `end` (simulated time)."""
     moment = start
     while moment <= end:
@@ -88,6 +95,8 @@ def tick_through(rt: Runtime, start: datetime, end: datetime, every: timedelta =
 def ledger(rt: Runtime, subscriber_id: int) -> dict[str | None, str]:
     with session_scope(rt.sessions) as session:
         rows = session.execute(
-            select(Delivery.step_id, Delivery.state).where(Delivery.subscriber_id == subscriber_id, Delivery.kind == "step")
+            select(Delivery.step_id, Delivery.state).where(
+                Delivery.subscriber_id == subscriber_id, Delivery.kind == "step"
+            )
         ).all()
-    return {step: state for step, state in rows}
+    return dict(rows)

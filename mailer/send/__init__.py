@@ -52,4 +52,3 @@ def transport_from_url(url: str, home: Path) -> Transport:
         timeout=float(query.get("timeout", ["30"])[0]),
         cafile=query.get("cafile", [None])[0],  # a relay whose certificate a private CA signed
     )
-

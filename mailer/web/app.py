@@ -25,6 +25,7 @@ from mailer.web import outbox
 
 log = logging.getLogger(__name__)
 
+
 def create_app(runtime: Runtime, *, broker_ok: Callable[[], bool] = lambda: True) -> FastAPI:
     site = runtime.site
     t = translator(site.locale)
@@ -38,8 +39,10 @@ def create_app(runtime: Runtime, *, broker_ok: Callable[[], bool] = lambda: True
     form_source = (runtime.settings.home / "templates" / "pages" / "subscribe.html").read_bytes()
     form_version = hashlib.sha256(form_source).hexdigest()[:16]
     limiter = WindowLimiter(site.signup.per_client_per_hour, timedelta(hours=1))
-    blocked_names = "、".join(b.provider for b in site.signup.blocked) if site.locale == "ja" else ", ".join(
-        b.provider for b in site.signup.blocked
+    blocked_names = (
+        "、".join(b.provider for b in site.signup.blocked)
+        if site.locale == "ja"
+        else ", ".join(b.provider for b in site.signup.blocked)
     )
 
     app = FastAPI(title="mailer", docs_url=None, redoc_url=None, openapi_url=None)
@@ -88,12 +91,21 @@ def create_app(runtime: Runtime, *, broker_ok: Callable[[], bool] = lambda: True
         if not limiter.allow(client, utcnow()):
             return form(429, t("error.rate"), **values)
         req = signup.SignupRequest(
-            email=email, name=name, sequence=sequence, timezone=timezone, client_ip=client, form_version=form_version
+            email=email,
+            name=name,
+            sequence=sequence,
+            timezone=timezone,
+            client_ip=client,
+            form_version=form_version,
         )
         with session_scope(runtime.sessions) as session:
             outcome = signup.subscribe(session, site, runtime.catalog(), req, utcnow())
         if isinstance(outcome, Refusal):
-            error = t(f"error.{outcome.reason}", provider=outcome.provider) if outcome.provider else t(f"error.{outcome.reason}")
+            error = (
+                t(f"error.{outcome.reason}", provider=outcome.provider)
+                if outcome.provider
+                else t(f"error.{outcome.reason}")
+            )
             return form(422, error, **values)
         if outcome.confirmation_id is not None:
             runtime.wake()
@@ -140,7 +152,10 @@ def create_app(runtime: Runtime, *, broker_ok: Callable[[], bool] = lambda: True
         except Exception:
             checks["database"] = "down"
         healthy = all(value == "ok" for value in checks.values())
-        return JSONResponse({"status": "ok" if healthy else "unavailable", **checks}, status_code=200 if healthy else 503)
+        return JSONResponse(
+            {"status": "ok" if healthy else "unavailable", **checks},
+            status_code=200 if healthy else 503,
+        )
 
     transport = runtime.transport
     if isinstance(transport, MaildirTransport):

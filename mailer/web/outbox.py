@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import email
-import ipaddress
 import email.policy
+import ipaddress
 from collections.abc import Callable
 from email.message import EmailMessage
 from typing import Any
@@ -28,7 +28,13 @@ def _parse(raw: bytes) -> EmailMessage:
 
 
 def _summary(key: str, msg: EmailMessage, mtime: float) -> dict[str, Any]:
-    return {"key": key, "subject": str(msg["Subject"] or ""), "to": str(msg["To"] or ""), "date": str(msg["Date"] or ""), "mtime": mtime}
+    return {
+        "key": key,
+        "subject": str(msg["Subject"] or ""),
+        "to": str(msg["To"] or ""),
+        "date": str(msg["Date"] or ""),
+        "mtime": mtime,
+    }
 
 
 def mount(
@@ -44,11 +50,10 @@ def mount(
     def outbox_list(request: Request) -> Response:
         if not local(request):
             return page("message.html", 404, title=t("notfound.title"), body="")
-        box = transport.box()
-        items = []
-        for key in box.iterkeys():
-            path = transport.folder / box._lookup(key)  # noqa: SLF001 (mailbox has no public path lookup)
-            items.append(_summary(key, _parse(path.read_bytes()), path.stat().st_mtime))
+        transport.box()  # creates the folders on a fresh install
+        # A maildir message is a file in new/ or cur/; its key is the name before any ":2,flags".
+        paths = [p for sub in ("new", "cur") for p in (transport.folder / sub).iterdir()]
+        items = [_summary(p.name.split(":")[0], _parse(p.read_bytes()), p.stat().st_mtime) for p in paths]
         items.sort(key=lambda item: item["mtime"], reverse=True)
         return page("outbox.html", items=items[:200])
 

@@ -39,9 +39,7 @@ CHROMIUM_ARGS = [
 def page() -> Iterator[Page]:
     """A Chromium tab in New York with a Japanese locale."""
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS
-        )
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
         context = browser.new_context(timezone_id="America/New_York", locale="ja-JP")
         try:
             yield context.new_page()
@@ -93,9 +91,7 @@ def test_reader_signs_up_confirms_and_unsubscribes(
 
 
 @sqlite_only
-def test_blocked_provider_is_refused_by_name(
-    page: Page, live: str, runtime: Runtime, sink: Sink
-) -> None:
+def test_blocked_provider_is_refused_by_name(page: Page, live: str, runtime: Runtime, sink: Sink) -> None:
     """A blocked provider is refused by name on the page, and nothing is stored or sent."""
     address = "taro..yamada@docomo.ne.jp"
     page.goto(f"{live}/")

@@ -77,7 +77,12 @@ def outbox_links(url: str) -> list[str]:
 def test_newcomer_story_through_the_outbox(running: Running) -> None:
     """Sign up, find the confirmation at /outbox within seconds, confirm, read the welcome, leave."""
     url = running.url
-    assert httpx.post(f"{url}/subscribe", data={"email": "newcomer@example.com", "name": "新人"}, timeout=5).status_code == 200
+    assert (
+        httpx.post(
+            f"{url}/subscribe", data={"email": "newcomer@example.com", "name": "新人"}, timeout=5
+        ).status_code
+        == 200
+    )
     [link] = wait_until(lambda: outbox_links(url), 15)
     confirmation = httpx.get(f"{url}{link}", timeout=5).text
     confirm_url = re.search(r'href="(http://127\.0\.0\.1:\d+/confirm/[^"]+)"', confirmation)
@@ -88,7 +93,10 @@ def test_newcomer_story_through_the_outbox(running: Running) -> None:
     assert "ようこそ" in welcome
     unsubscribe = re.search(r"(http://127\.0\.0\.1:\d+/unsubscribe/[A-Za-z0-9_.\-]+)", welcome)
     assert unsubscribe
-    assert "配信を停止しました" in httpx.post(unsubscribe.group(1), data={"List-Unsubscribe": "One-Click"}, timeout=5).text
+    assert (
+        "配信を停止しました"
+        in httpx.post(unsubscribe.group(1), data={"List-Unsubscribe": "One-Click"}, timeout=5).text
+    )
     assert (running.home / "instance" / "secret_key").stat().st_mode & 0o777 == 0o600
     assert (running.home / "mailer.db").exists()
 

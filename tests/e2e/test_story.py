@@ -23,7 +23,11 @@ LEAVER = "story.leaver@example.com"
 
 
 def sign_up_and_confirm(runtime: Runtime, live: str, sink: Sink, email: str, name: str, when: str) -> None:
-    response = httpx.post(f"{live}/subscribe", data={"email": email, "name": name, "timezone": "Asia/Tokyo"}, timeout=10)
+    response = httpx.post(
+        f"{live}/subscribe",
+        data={"email": email, "name": name, "timezone": "Asia/Tokyo"},
+        timeout=10,
+    )
     assert response.status_code == 200
     runtime.tick(lambda: at(when))
     [confirmation] = sink.to(email)
@@ -37,7 +41,9 @@ def unsubscribe_url(message) -> str:  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
-def test_the_whole_story(runtime: Runtime, live: str, sink: Sink, home: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_the_whole_story(
+    runtime: Runtime, live: str, sink: Sink, home: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """Two readers join; one reads the whole seminar at 09:00 Tokyo, the other leaves by one click."""
     caplog.set_level(logging.DEBUG)
     sign_up_and_confirm(runtime, live, sink, READER, "山田 花子", "2026-12-01 10:00")
@@ -78,7 +84,13 @@ def test_the_whole_story(runtime: Runtime, live: str, sink: Sink, home: Path, ca
         assert message["To"].addresses[0].display_name == "山田 花子"
         text = text_of(message)
         html = message.get_body(("html",)).get_content()
-        for required in ("WEBビジネス研究室", "〒150-0001", "support@example.jp", "利益の保証", unsubscribe_url(message)):
+        for required in (
+            "WEBビジネス研究室",
+            "〒150-0001",
+            "support@example.jp",
+            "利益の保証",
+            unsubscribe_url(message),
+        ):
             assert required in text
             assert required in html
         assert "山田 花子さん" in text
@@ -89,7 +101,9 @@ def test_the_whole_story(runtime: Runtime, live: str, sink: Sink, home: Path, ca
         stats = collect(session)
     assert states == {READER: "confirmed", LEAVER: "unsubscribed"}
     assert open_rows == []
-    assert stats["unsubscribes"] == [{"kind": "step", "sequence": "web-business", "step": "lesson-2", "count": 1}]
+    assert stats["unsubscribes"] == [
+        {"kind": "step", "sequence": "web-business", "step": "lesson-2", "count": 1}
+    ]
 
     # Privacy: no log line of the whole story names an address. `mail.log` is aiosmtpd, the
     # relay the test stands up in place of the provider's; its logs are not ours to write.
@@ -102,6 +116,8 @@ def test_the_mask_filter_catches_what_slips_through() -> None:
     """Should a log line ever carry an address, the last filter masks it before it is written."""
     from mailer.logs import MaskAddresses
 
-    record = logging.LogRecord("x", logging.INFO, __file__, 1, "send to %s failed", ("taro@example.com",), None)
+    record = logging.LogRecord(
+        "x", logging.INFO, __file__, 1, "send to %s failed", ("taro@example.com",), None
+    )
     assert MaskAddresses().filter(record)
     assert record.getMessage() == "send to <address> failed"

@@ -14,10 +14,10 @@ from tests.conftest import SECRET, Sink
 from tests.helpers import step_subjects
 
 
-def mailer(home: Path, *args: str, db: str | None = None, smtp: str = "maildir:./outbox") -> subprocess.CompletedProcess[str]:
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith("MAILER_")
-    } | {
+def mailer(
+    home: Path, *args: str, db: str | None = None, smtp: str = "maildir:./outbox"
+) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")} | {
         "MAILER_HOME": str(home),
         "MAILER_DATABASE_URL": db or f"sqlite:///{home / 'mailer.db'}",
         "MAILER_SMTP_URL": smtp,
@@ -26,7 +26,13 @@ def mailer(home: Path, *args: str, db: str | None = None, smtp: str = "maildir:.
         "COLUMNS": "200",
     }
     return subprocess.run(
-        [sys.executable, "-m", "mailer", *args], cwd=home, env=env, capture_output=True, text=True, timeout=60, check=False
+        [sys.executable, "-m", "mailer", *args],
+        cwd=home,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 
@@ -40,10 +46,19 @@ def test_sequences_check_passes_on_the_example(home: Path) -> None:
 @pytest.mark.parametrize(
     ("edit", "expected"),
     [
-        (lambda t: t.replace('id = "lesson-3"\nday = 5', 'id = "lesson-3"\nday = 2'), ":22: step 'lesson-3': day 2 is smaller than day 3"),
-        (lambda t: t.replace('id = "lesson-1"\nday = 1', 'id = "lesson-1"\ndya = 1'), "step 'lesson-1': unknown key 'dya'"),
-        (lambda t: t.replace('send_at = "09:00"', 'send_at = "9am"'), "send_at '9am' is not a time"),
-        (lambda t: t.replace('title = "', 'title = '), "web-business.toml:2: not valid TOML"),
+        (
+            lambda t: t.replace('id = "lesson-3"\nday = 5', 'id = "lesson-3"\nday = 2'),
+            ":22: step 'lesson-3': day 2 is smaller than day 3",
+        ),
+        (
+            lambda t: t.replace('id = "lesson-1"\nday = 1', 'id = "lesson-1"\ndya = 1'),
+            "step 'lesson-1': unknown key 'dya'",
+        ),
+        (
+            lambda t: t.replace('send_at = "09:00"', 'send_at = "9am"'),
+            "send_at '9am' is not a time",
+        ),
+        (lambda t: t.replace('title = "', "title = "), "web-business.toml:2: not valid TOML"),
     ],
 )
 def test_a_broken_seminar_file_is_named_with_line_and_step(home: Path, edit, expected: str) -> None:  # type: ignore[no-untyped-def]
@@ -74,7 +89,10 @@ def test_a_layout_without_the_legal_footer_fails_the_check(home: Path) -> None:
     """Removing the postal address or the unsubscribe link from the layout fails every step."""
     base = home / "templates" / "mail" / "_base" / "body.txt"
     text = base.read_text(encoding="utf-8")
-    base.write_text(text.replace("{{ site.sender.postal_address }}", "").replace("{{ unsubscribe_url }}", ""), encoding="utf-8")
+    base.write_text(
+        text.replace("{{ site.sender.postal_address }}", "").replace("{{ unsubscribe_url }}", ""),
+        encoding="utf-8",
+    )
     result = mailer(home, "sequences", "check")
     assert result.returncode == 1
     assert "the footer lacks the postal address in the text part" in result.stderr
@@ -84,7 +102,14 @@ def test_a_layout_without_the_legal_footer_fails_the_check(home: Path) -> None:
 def test_site_without_sender_identity_is_refused(home: Path) -> None:
     """A mailer.toml without the postal address stops every command with one clear line."""
     site = home / "mailer.toml"
-    site.write_text("\n".join(line for line in site.read_text(encoding="utf-8").splitlines() if not line.startswith("postal_address")), encoding="utf-8")
+    site.write_text(
+        "\n".join(
+            line
+            for line in site.read_text(encoding="utf-8").splitlines()
+            if not line.startswith("postal_address")
+        ),
+        encoding="utf-8",
+    )
     result = mailer(home, "sequences", "check")
     assert result.returncode == 1
     assert "[sender] lacks postal_address" in result.stderr
@@ -100,7 +125,9 @@ def test_preview_renders_a_step_for_a_sample_subscriber(home: Path, tmp_path: Pa
     assert "山田 太郎さん" in result.stdout
     assert "〒150-0001" in result.stdout
     out = tmp_path / "preview.html"
-    assert mailer(home, "sequences", "preview", "web-business", "lesson-2", "--html", str(out)).returncode == 0
+    assert (
+        mailer(home, "sequences", "preview", "web-business", "lesson-2", "--html", str(out)).returncode == 0
+    )
     assert "<!DOCTYPE html>" in out.read_text(encoding="utf-8")
     missing = mailer(home, "sequences", "preview", "web-business", "nope")
     assert missing.returncode == 1

@@ -43,12 +43,24 @@ def test_each_step_arrives_once_at_its_local_hour(runtime: Runtime, sink: Sink, 
     ]
 
 
-def test_reader_in_new_york_gets_steps_at_nine_new_york_time(runtime: Runtime, sink: Sink, home: Path) -> None:
+def test_reader_in_new_york_gets_steps_at_nine_new_york_time(
+    runtime: Runtime, sink: Sink, home: Path
+) -> None:
     """The subscriber's own time zone decides the local date and hour, not the seminar's."""
-    join(runtime, sink, "ny@example.com", at("2026-12-01 20:00", NEW_YORK), timezone="America/New_York")
+    join(
+        runtime,
+        sink,
+        "ny@example.com",
+        at("2026-12-01 20:00", NEW_YORK),
+        timezone="America/New_York",
+    )
     tick_through(runtime, at("2026-12-01 20:00", NEW_YORK), at("2026-12-04 13:00", NEW_YORK))
     got = [(s, w.strftime("%m-%d %H:%M")) for s, w in arrivals(sink, "ny@example.com", home, NEW_YORK)]
-    assert got == [("welcome", "12-01 20:00"), ("lesson-1", "12-02 09:00"), ("lesson-2", "12-04 12:30")]
+    assert got == [
+        ("welcome", "12-01 20:00"),
+        ("lesson-1", "12-02 09:00"),
+        ("lesson-2", "12-04 12:30"),
+    ]
 
 
 def test_no_flood_after_an_outage(runtime: Runtime, sink: Sink, home: Path) -> None:
@@ -57,7 +69,11 @@ def test_no_flood_after_an_outage(runtime: Runtime, sink: Sink, home: Path) -> N
     # Nothing runs from 12-01 until 12-11 10:00: lesson-1 (due 12-02 09:00) is 9 days late.
     tick_through(runtime, at("2026-12-11 10:00"), at("2026-12-14 13:00"))
     got = [(s, w.strftime("%m-%d %H:%M")) for s, w in arrivals(sink, "taro@example.com", home)]
-    assert got == [("welcome", "12-01 10:00"), ("lesson-1", "12-11 10:00"), ("lesson-2", "12-13 12:30")]
+    assert got == [
+        ("welcome", "12-01 10:00"),
+        ("lesson-1", "12-11 10:00"),
+        ("lesson-2", "12-13 12:30"),
+    ]
 
 
 def test_quiet_hours_hold_a_step_without_moving_the_next(runtime: Runtime, sink: Sink, home: Path) -> None:
@@ -71,7 +87,11 @@ def test_quiet_hours_hold_a_step_without_moving_the_next(runtime: Runtime, sink:
     join(runtime, sink, "quiet@example.com", at("2026-12-01 10:00"))
     tick_through(runtime, at("2026-12-01 10:00"), at("2026-12-04 10:00"))
     got = [(s, w.strftime("%m-%d %H:%M")) for s, w in arrivals(sink, "quiet@example.com", home)]
-    assert got == [("welcome", "12-01 10:00"), ("lesson-1", "12-03 08:00"), ("lesson-2", "12-04 09:00")]
+    assert got == [
+        ("welcome", "12-01 10:00"),
+        ("lesson-1", "12-03 08:00"),
+        ("lesson-2", "12-04 09:00"),
+    ]
 
 
 def test_a_late_step_reaching_quiet_hours_waits_for_morning(runtime: Runtime, sink: Sink, home: Path) -> None:
@@ -79,7 +99,11 @@ def test_a_late_step_reaching_quiet_hours_waits_for_morning(runtime: Runtime, si
     join(runtime, sink, "night@example.com", at("2026-12-01 10:00"))
     tick_through(runtime, at("2026-12-02 23:00"), at("2026-12-05 13:00"))
     got = [(s, w.strftime("%m-%d %H:%M")) for s, w in arrivals(sink, "night@example.com", home)]
-    assert got == [("welcome", "12-01 10:00"), ("lesson-1", "12-03 08:00"), ("lesson-2", "12-05 12:30")]
+    assert got == [
+        ("welcome", "12-01 10:00"),
+        ("lesson-1", "12-03 08:00"),
+        ("lesson-2", "12-05 12:30"),
+    ]
 
 
 def test_confirmation_and_welcome_ignore_quiet_hours(runtime: Runtime, sink: Sink, home: Path) -> None:
@@ -90,13 +114,21 @@ def test_confirmation_and_welcome_ignore_quiet_hours(runtime: Runtime, sink: Sin
     assert got == [("welcome", "12-01 23:30")]
 
 
-def test_step_added_later_reaches_only_those_not_past_its_place(runtime: Runtime, sink: Sink, home: Path) -> None:
+def test_step_added_later_reaches_only_those_not_past_its_place(
+    runtime: Runtime, sink: Sink, home: Path
+) -> None:
     """A new step between lesson-1 and lesson-2 reaches a reader before lesson-2, not one after it."""
     join(runtime, sink, "early@example.com", at("2026-12-03 10:00"))
     join(runtime, sink, "ahead@example.com", at("2026-12-01 10:00"))
     tick_through(runtime, at("2026-12-01 10:00"), at("2026-12-04 13:00"))  # ahead: lesson-2 on 12-04
     text = (home / "sequences" / "web-business.toml").read_text(encoding="utf-8")
-    write_seminar(home, text.replace('[[steps]]\nid = "lesson-2"', '[[steps]]\nid = "extra"\nday = 2\n\n[[steps]]\nid = "lesson-2"'))
+    write_seminar(
+        home,
+        text.replace(
+            '[[steps]]\nid = "lesson-2"',
+            '[[steps]]\nid = "extra"\nday = 2\n\n[[steps]]\nid = "lesson-2"',
+        ),
+    )
     extra = home / "templates" / "mail" / "web-business" / "extra"
     extra.mkdir()
     (extra / "subject.txt").write_text("追加の回", encoding="utf-8")
@@ -115,17 +147,23 @@ def test_removed_step_is_sent_to_no_one_who_has_not_had_it(runtime: Runtime, sin
     text = (home / "sequences" / "web-business.toml").read_text(encoding="utf-8")
     write_seminar(home, text.replace('[[steps]]\nid = "lesson-2"\nday = 3\nat = "12:30"\n', ""))
     tick_through(runtime, at("2026-12-02 10:30"), at("2026-12-06 10:00"))
-    assert [s for s, _ in arrivals(sink, "rm@example.com", home)] == ["welcome", "lesson-1", "lesson-3"]
+    assert [s for s, _ in arrivals(sink, "rm@example.com", home)] == [
+        "welcome",
+        "lesson-1",
+        "lesson-3",
+    ]
 
 
-def test_changed_day_applies_to_whoever_has_not_had_the_step(runtime: Runtime, sink: Sink, home: Path) -> None:
+def test_changed_day_applies_to_whoever_has_not_had_the_step(
+    runtime: Runtime, sink: Sink, home: Path
+) -> None:
     """Moving lesson-3 from day 5 to day 4 changes when it reaches a reader still before it."""
     join(runtime, sink, "day@example.com", at("2026-12-01 10:00"))
     tick_through(runtime, at("2026-12-01 10:00"), at("2026-12-04 13:00"))
     text = (home / "sequences" / "web-business.toml").read_text(encoding="utf-8")
     write_seminar(home, text.replace('id = "lesson-3"\nday = 5', 'id = "lesson-3"\nday = 4'))
     tick_through(runtime, at("2026-12-04 13:30"), at("2026-12-05 10:00"))
-    got = dict((s, w.strftime("%m-%d %H:%M")) for s, w in arrivals(sink, "day@example.com", home))
+    got = {s: w.strftime("%m-%d %H:%M") for s, w in arrivals(sink, "day@example.com", home)}
     assert got["lesson-3"] == "12-05 09:00"
 
 
@@ -145,7 +183,9 @@ class LeavingTransport(SMTPTransport):
                 send(sender, recipient, message)
                 if recipient == self.trigger:
                     with session_scope(self.runtime.sessions) as session:
-                        signup.unsubscribe(session, UnsubscribeClaim(self.leaver, None), at("2026-12-02 09:00"))
+                        signup.unsubscribe(
+                            session, UnsubscribeClaim(self.leaver, None), at("2026-12-02 09:00")
+                        )
 
             connection.send = send_then_leave  # type: ignore[method-assign]
             yield connection
@@ -154,7 +194,10 @@ class LeavingTransport(SMTPTransport):
 def test_unsubscribe_skips_mail_claimed_but_not_yet_sent(home: Path, database_url: str, sink: Sink) -> None:
     """A reader who leaves while their mail sits claimed in a batch does not get it."""
     site_file = home / "mailer.toml"
-    site_file.write_text(site_file.read_text(encoding="utf-8").replace("commit_every = 20", "commit_every = 1"), encoding="utf-8")
+    site_file.write_text(
+        site_file.read_text(encoding="utf-8").replace("commit_every = 20", "commit_every = 1"),
+        encoding="utf-8",
+    )
     runtime = Runtime(make_settings(home, database_url, sink.url))
     runtime.upgrade_db()
     a = join(runtime, sink, "a@example.com", at("2026-12-01 10:00"))
@@ -174,7 +217,9 @@ def test_lapsed_lease_is_reclaimed_and_sent_once(runtime: Runtime, sink: Sink, h
     join(runtime, sink, "lease@example.com", at("2026-12-01 10:00"))
     runtime.plan(at("2026-12-02 09:00"))
     with session_scope(runtime.sessions) as session:  # a worker claims, then dies
-        assert store.claim_deliveries(session, now=at("2026-12-02 09:00"), limit=10, worker="dead", lease=timedelta(minutes=5))
+        assert store.claim_deliveries(
+            session, now=at("2026-12-02 09:00"), limit=10, worker="dead", lease=timedelta(minutes=5)
+        )
     runtime.tick(lambda: at("2026-12-02 09:01"))
     assert [s for s, _ in arrivals(sink, "lease@example.com", home)] == ["welcome"]
     runtime.tick(lambda: at("2026-12-02 09:06"))
@@ -192,7 +237,7 @@ def test_two_schedulers_at_once_send_nothing_twice(runtime: Runtime, sink: Sink)
     def tick() -> None:
         try:
             runtime.tick(lambda: at("2026-12-02 09:00"))
-        except BaseException as exc:  # noqa: BLE001 (reported below)
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=tick) for _ in range(2)]
@@ -204,10 +249,15 @@ def test_two_schedulers_at_once_send_nothing_twice(runtime: Runtime, sink: Sink)
     recipients = sorted(r.recipients[0] for r in sink.received)
     assert recipients == sorted(f"race{n}@example.com" for n in range(30))
     with session_scope(runtime.sessions) as session:
-        assert session.scalar(select(func.count()).select_from(Delivery).where(Delivery.step_id == "lesson-1")) == 30
+        assert (
+            session.scalar(select(func.count()).select_from(Delivery).where(Delivery.step_id == "lesson-1"))
+            == 30
+        )
 
 
-def test_resubscribing_resumes_at_the_next_step_not_received(runtime: Runtime, sink: Sink, home: Path) -> None:
+def test_resubscribing_resumes_at_the_next_step_not_received(
+    runtime: Runtime, sink: Sink, home: Path
+) -> None:
     """Leaving after lesson-1 and opting in again a week later continues with lesson-2, not welcome."""
     from tests.helpers import confirm, confirm_token, subscribe, text_of
 
@@ -223,7 +273,12 @@ def test_resubscribing_resumes_at_the_next_step_not_received(runtime: Runtime, s
     confirm(runtime, confirm_token(confirmation), at("2026-12-09 10:05"))
     tick_through(runtime, at("2026-12-09 10:30"), at("2026-12-11 10:00"))
     got = [(s, w.strftime("%m-%d %H:%M")) for s, w in arrivals(sink, "back@example.com", home)]
-    assert got == [("welcome", "12-01 10:00"), ("lesson-1", "12-02 09:00"), ("lesson-2", "12-09 12:30"), ("lesson-3", "12-11 09:00")]
+    assert got == [
+        ("welcome", "12-01 10:00"),
+        ("lesson-1", "12-02 09:00"),
+        ("lesson-2", "12-09 12:30"),
+        ("lesson-3", "12-11 09:00"),
+    ]
 
 
 def test_finishing_the_seminar_enrols_in_the_magazine(runtime: Runtime, sink: Sink) -> None:
@@ -231,5 +286,9 @@ def test_finishing_the_seminar_enrols_in_the_magazine(runtime: Runtime, sink: Si
     sid = join(runtime, sink, "done@example.com", at("2026-12-01 10:00"))
     tick_through(runtime, at("2026-12-01 10:00"), at("2026-12-15 10:00"), every=timedelta(hours=1))
     with session_scope(runtime.sessions) as session:
-        states = dict(session.execute(select(Enrolment.sequence_id, Enrolment.state).where(Enrolment.subscriber_id == sid)).all())
+        states = dict(
+            session.execute(
+                select(Enrolment.sequence_id, Enrolment.state).where(Enrolment.subscriber_id == sid)
+            ).all()
+        )
     assert states == {"web-business": "active", "magazine": "active"}

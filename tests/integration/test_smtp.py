@@ -32,8 +32,24 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("tls")
     cert, key = folder / "cert.pem", folder / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
         check=True,
         capture_output=True,
     )
@@ -54,8 +70,13 @@ def tls_sink(certificate: tuple[Path, Path]) -> Iterator[tuple[Sink, str]]:
     handler = SinkHandler()
     port = free_port()
     controller = Controller(
-        handler, hostname="127.0.0.1", port=port, tls_context=context, require_starttls=True,
-        authenticator=authenticator, auth_required=True,
+        handler,
+        hostname="127.0.0.1",
+        port=port,
+        tls_context=context,
+        require_starttls=True,
+        authenticator=authenticator,
+        auth_required=True,
     )
     controller.start()
     try:
@@ -67,7 +88,9 @@ def tls_sink(certificate: tuple[Path, Path]) -> Iterator[tuple[Sink, str]]:
 def test_starttls_and_auth_deliver(tls_sink: tuple[Sink, str]) -> None:
     """smtp://user:pass@host:port?starttls=1 upgrades to TLS, logs in, and the relay accepts."""
     sink, cafile = tls_sink
-    transport = transport_from_url(f"smtp://mailer:s3cret@127.0.0.1:{sink.port}?starttls=1&cafile={cafile}", Path())
+    transport = transport_from_url(
+        f"smtp://mailer:s3cret@127.0.0.1:{sink.port}?starttls=1&cafile={cafile}", Path()
+    )
     with transport.session() as connection:
         connection.send("a@example.jp", "b@example.com", MESSAGE)
     assert [r.recipients for r in sink.received] == [["b@example.com"]]
@@ -79,7 +102,10 @@ def test_wrong_password_is_a_temporary_failure(tls_sink: tuple[Sink, str]) -> No
     # Real relays answer 535 and smtplib reports it; aiosmtpd stalls when smtplib falls back to
     # a second mechanism, so a short timeout ends it. Either way: kept for later, nothing sent.
     url = f"smtp://mailer:wrong@127.0.0.1:{sink.port}?starttls=1&cafile={cafile}&timeout=2"
-    with transport_from_url(url, Path()).session() as connection, pytest.raises(TransientDeliveryError):
+    with (
+        transport_from_url(url, Path()).session() as connection,
+        pytest.raises(TransientDeliveryError),
+    ):
         connection.send("a@example.jp", "b@example.com", MESSAGE)
     assert sink.received == []
 
@@ -88,7 +114,10 @@ def test_untrusted_certificate_is_refused(tls_sink: tuple[Sink, str]) -> None:
     """Without the CA, the relay's certificate is not trusted and nothing is sent in clear."""
     sink, _ = tls_sink
     transport = transport_from_url(f"smtp://mailer:s3cret@127.0.0.1:{sink.port}?starttls=1", Path())
-    with transport.session() as connection, pytest.raises(TransientDeliveryError, match="CERTIFICATE_VERIFY_FAILED"):
+    with (
+        transport.session() as connection,
+        pytest.raises(TransientDeliveryError, match="CERTIFICATE_VERIFY_FAILED"),
+    ):
         connection.send("a@example.jp", "b@example.com", MESSAGE)
 
 
@@ -117,7 +146,13 @@ def test_one_connection_carries_many_mails_and_survives_refusals(sink: Sink) -> 
     transport = SMTPTransport(host="127.0.0.1", port=sink.port)
     outcomes = []
     with transport.session() as connection:
-        for rcpt in ["r0@example.com", "busy@example.com", "r1@example.com", "gone@example.com", "r2@example.com"]:
+        for rcpt in [
+            "r0@example.com",
+            "busy@example.com",
+            "r1@example.com",
+            "gone@example.com",
+            "r2@example.com",
+        ]:
             try:
                 connection.send("a@example.jp", rcpt, MESSAGE)
                 outcomes.append("ok")
@@ -127,7 +162,11 @@ def test_one_connection_carries_many_mails_and_survives_refusals(sink: Sink) -> 
                 outcomes.append(f"never {exc.code}")
     assert outcomes == ["ok", "later 451", "ok", "never 550", "ok"]
     assert sink.handler.connections == 1
-    assert [r.recipients[0] for r in sink.received] == ["r0@example.com", "r1@example.com", "r2@example.com"]
+    assert [r.recipients[0] for r in sink.received] == [
+        "r0@example.com",
+        "r1@example.com",
+        "r2@example.com",
+    ]
 
 
 def test_reconnects_after_the_server_drops_the_session() -> None:
@@ -154,7 +193,9 @@ def test_a_4xx_waits_in_the_ledger_then_goes(runtime: Runtime, sink: Sink) -> No
     sink.handler.data_fault = lambda _rcpts: "421 4.7.0 slow down"
     runtime.tick(lambda: at("2026-12-02 09:00"))
     with session_scope(runtime.sessions) as session:
-        row = session.scalars(select(Delivery).where(Delivery.subscriber_id == sid, Delivery.step_id == "lesson-1")).one()
+        row = session.scalars(
+            select(Delivery).where(Delivery.subscriber_id == sid, Delivery.step_id == "lesson-1")
+        ).one()
     assert (row.state, row.attempts) == ("pending", 1)
     assert "421" in (row.last_error or "")
     assert timedelta(seconds=30) <= row.available_at - at("2026-12-02 09:00") <= timedelta(seconds=90)
@@ -165,14 +206,18 @@ def test_a_4xx_waits_in_the_ledger_then_goes(runtime: Runtime, sink: Sink) -> No
     assert len([m for m in sink.to("retry@example.com") if m["List-Unsubscribe"]]) == 2
 
 
-def test_a_5xx_fails_the_row_suppresses_the_address_and_is_never_retried(runtime: Runtime, sink: Sink) -> None:
+def test_a_5xx_fails_the_row_suppresses_the_address_and_is_never_retried(
+    runtime: Runtime, sink: Sink
+) -> None:
     """550 5.1.1 fails that row only, marks the reader bounced, and nothing is sent to them again."""
     sid = join(runtime, sink, "gone@example.com", at("2026-12-01 10:00"))
     join(runtime, sink, "fine@example.com", at("2026-12-01 10:00"))
     sink.handler.rcpt_fault = lambda rcpt: "550 5.1.1 user unknown" if rcpt == "gone@example.com" else None
     runtime.tick(lambda: at("2026-12-02 09:00"))
     with session_scope(runtime.sessions) as session:
-        row = session.scalars(select(Delivery).where(Delivery.subscriber_id == sid, Delivery.step_id == "lesson-1")).one()
+        row = session.scalars(
+            select(Delivery).where(Delivery.subscriber_id == sid, Delivery.step_id == "lesson-1")
+        ).one()
         assert (row.state, row.attempts) == ("failed", 1)
         assert "5.1.1" in (row.last_error or "")
         assert session.get(Subscriber, sid).state == "bounced"  # type: ignore[union-attr]

@@ -25,7 +25,7 @@ def post(live: str, **form: str) -> httpx.Response:
 
 
 def error_of(response: httpx.Response) -> str:
-    found = re.search(r'<p class="error"[^>]*>(.*?)</p>', response.text, re.S)
+    found = re.search(r'<p class="error"[^>]*>(.*?)</p>', response.text, re.DOTALL)
     return found.group(1) if found else ""
 
 
@@ -45,7 +45,16 @@ def test_form_shows_the_notice_of_the_sign_up_box(live: str) -> None:
     """The form carries every line of the notice: blocked providers, disclaimer, one click, privacy."""
     page = httpx.get(f"{live}/", timeout=10)
     assert page.status_code == 200
-    for text in ("iCloud", "Hotmail", "Outlook", "docomo", "ezweb", "利益の保証", "ワンクリック", "プライバシー"):
+    for text in (
+        "iCloud",
+        "Hotmail",
+        "Outlook",
+        "docomo",
+        "ezweb",
+        "利益の保証",
+        "ワンクリック",
+        "プライバシー",
+    ):
         assert text in page.text
     assert httpx.get(f"{live}/subscribe", timeout=10).text == page.text
 
@@ -108,7 +117,10 @@ def test_sign_up_records_consent_and_sends_the_confirmation(runtime: Runtime, li
         subscriber = session.scalars(select(Subscriber)).one()
         consent = session.scalars(select(Consent)).one()
     assert (subscriber.email, subscriber.name, subscriber.state, subscriber.timezone) == (
-        "Hanako@example.com", "山田 花子", "pending", "Europe/London"
+        "Hanako@example.com",
+        "山田 花子",
+        "pending",
+        "Europe/London",
     )
     assert consent.source == "form"
     assert consent.client_ip == "127.0.0.1"
@@ -122,7 +134,9 @@ def test_unknown_time_zone_is_ignored(runtime: Runtime, live: str) -> None:
         assert session.scalars(select(Subscriber.timezone)).one() is None
 
 
-def test_second_sign_up_answers_the_same_and_never_downgrades(runtime: Runtime, live: str, sink: Sink) -> None:
+def test_second_sign_up_answers_the_same_and_never_downgrades(
+    runtime: Runtime, live: str, sink: Sink
+) -> None:
     """New, pending and confirmed addresses get the same page; a confirmed reader stays confirmed."""
     first = post(live, email="same@example.com")
     pending_again = post(live, email="same@example.com")
@@ -167,7 +181,14 @@ def test_confirm_link_confirms_once_and_starts_the_seminar(runtime: Runtime, liv
     assert "このリンクは使えません" in again.text
 
 
-@pytest.mark.parametrize("mangle", [lambda t: t[:-2] + ("AA" if not t.endswith("AA") else "BB"), lambda _t: "garbage", lambda t: t + "x"])
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda t: t[:-2] + ("AA" if not t.endswith("AA") else "BB"),
+        lambda _t: "garbage",
+        lambda t: t + "x",
+    ],
+)
 def test_tampered_confirm_token_is_refused(runtime: Runtime, live: str, sink: Sink, mangle) -> None:  # type: ignore[no-untyped-def]
     """A token changed by one character, or made up, confirms nothing and shows a neutral page."""
     token = signed_up(runtime, live, sink, "t@example.com")
@@ -221,14 +242,24 @@ def test_unsubscribe_page_changes_nothing(runtime: Runtime, live: str, sink: Sin
 def test_one_click_post_unsubscribes_at_once(runtime: Runtime, live: str, sink: Sink) -> None:
     """RFC 8058: a bare POST with List-Unsubscribe=One-Click, no cookie, no redirect, stops all mail."""
     url = _joined(runtime, live, sink, "leave@example.com")
-    response = httpx.post(url, content=b"List-Unsubscribe=One-Click", headers={"Content-Type": "application/x-www-form-urlencoded"}, timeout=10)
+    response = httpx.post(
+        url,
+        content=b"List-Unsubscribe=One-Click",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+        timeout=10,
+    )
     assert response.status_code == 200
     assert "配信を停止しました" in response.text
     assert not response.headers.get("set-cookie")
     with session_scope(runtime.sessions) as session:
         assert session.scalars(select(Subscriber.state)).one() == "unsubscribed"
         assert set(session.scalars(select(Enrolment.state))) == {"stopped"}
-        assert session.scalar(select(func.count()).select_from(Delivery).where(Delivery.state.in_(["pending", "sending"]))) == 0
+        assert (
+            session.scalar(
+                select(func.count()).select_from(Delivery).where(Delivery.state.in_(["pending", "sending"]))
+            )
+            == 0
+        )
     assert httpx.post(url, timeout=10).status_code == 200  # twice is fine
     sink.clear()
     runtime.tick(lambda: datetime(2027, 1, 1, tzinfo=UTC))
@@ -276,10 +307,41 @@ def test_outbox_exists_only_on_the_maildir_transport(live: str) -> None:
 
 @pytest.mark.parametrize(
     ("host", "local"),
-    [("127.0.0.1", True), ("127.0.0.2", True), ("::1", True), ("203.0.113.9", False), ("10.0.0.5", False), (None, False), ("testclient", False)],
+    [
+        ("127.0.0.1", True),
+        ("127.0.0.2", True),
+        ("::1", True),
+        ("203.0.113.9", False),
+        ("10.0.0.5", False),
+        (None, False),
+        ("testclient", False),
+    ],
 )
 def test_only_loopback_clients_may_read_the_outbox(host: str | None, local: bool) -> None:
     """The outbox shows mail to the machine's own browser, never to another host."""
     from mailer.web.outbox import is_local
 
     assert is_local(host) is local
+
+
+def test_english_locale_serves_english_pages(home, database_url: str, sink: Sink) -> None:  # type: ignore[no-untyped-def]
+    """With `locale = "en"` the form, its refusals and the mail footer speak English."""
+    from mailer.web.app import create_app
+    from tests.conftest import make_settings, serve
+
+    site = home / "mailer.toml"
+    site.write_text(
+        site.read_text(encoding="utf-8").replace('locale = "ja"', 'locale = "en"'), encoding="utf-8"
+    )
+    rt = Runtime(make_settings(home, database_url, sink.url))
+    rt.upgrade_db()
+    with serve(create_app(rt), int(rt.settings.base_url.rsplit(":", 1)[1])) as url:
+        form = httpx.get(f"{url}/", timeout=10).text
+        assert "Sign up for free" in form
+        assert '<html lang="en">' in form
+        refused = post(url, email="taro..yamada@docomo.ne.jp")
+        assert "Our mail cannot reach docomo addresses" in error_of(refused)
+        assert "Please check your inbox" in post(url, email="en@example.com").text
+    rt.tick(now)
+    assert "You receive this mail because" in text_of(sink.to("en@example.com")[0])
+    rt.engine.dispose()

@@ -64,9 +64,7 @@ def due(
     send_at: time = time(9),
 ) -> datetime:
     sequence = make_sequence(step, send_at=send_at, zone=zone)
-    return step_due(
-        sequence, step, entered_at=entered_at, shift_days=shift_days, zone=zone, quiet=quiet
-    )
+    return step_due(sequence, step, entered_at=entered_at, shift_days=shift_days, zone=zone, quiet=quiet)
 
 
 def local(moment: datetime, zone: ZoneInfo) -> tuple[date, time]:
@@ -183,9 +181,7 @@ def test_same_utc_instant_gives_different_days_in_different_zones() -> None:
         ("Asia/Tokyo\x00", TOKYO),
     ],
 )
-def test_zone_for_uses_the_subscribers_zone_else_the_seminars(
-    name: str | None, expected: ZoneInfo
-) -> None:
+def test_zone_for_uses_the_subscribers_zone_else_the_seminars(name: str | None, expected: ZoneInfo) -> None:
     """A real IANA name is the subscriber's zone; anything else falls back to the seminar's."""
     assert zone_for(name, TOKYO) == expected
 
@@ -300,9 +296,7 @@ def test_due_time_before_entry_in_quiet_hours_is_held() -> None:
         (time(12, 30), date(2024, 4, 2), time(12, 30)),
     ],
 )
-def test_quiet_hours_hold_a_step_until_they_end(
-    at: time, expected_day: date, expected_time: time
-) -> None:
+def test_quiet_hours_hold_a_step_until_they_end(at: time, expected_day: date, expected_time: time) -> None:
     """A day-1 step due inside 21:00-08:00 local goes out at 08:00, the end of the window."""
     entered_at = wall(TOKYO, 2024, 4, 1, 15, 0)
     assert local(due(make_step(1, at=at), entered_at), TOKYO) == (expected_day, expected_time)
@@ -412,9 +406,7 @@ def test_shift_days_moves_a_step_by_whole_days_keeping_its_hour(shift: int) -> N
     """After a late step, later steps move by whole local days and keep their hour."""
     entered_at = wall(TOKYO, 2024, 4, 1, 15, 0)
     step = make_step(3, at=time(12, 30))
-    assert due(step, entered_at, shift_days=shift) == wall(TOKYO, 2024, 4, 4, 12, 30) + timedelta(
-        days=shift
-    )
+    assert due(step, entered_at, shift_days=shift) == wall(TOKYO, 2024, 4, 4, 12, 30) + timedelta(days=shift)
 
 
 def test_an_outage_moves_later_steps_instead_of_flooding() -> None:
@@ -458,9 +450,7 @@ def test_retry_delay_is_capped_for_any_attempt_number() -> None:
 
 
 @given(attempt=st.integers(min_value=1, max_value=30), jitter=st.floats(0, 1, exclude_max=True))
-def test_retry_delay_jitter_stays_within_half_and_one_and_a_half_steps(
-    attempt: int, jitter: float
-) -> None:
+def test_retry_delay_jitter_stays_within_half_and_one_and_a_half_steps(attempt: int, jitter: float) -> None:
     """Jitter spreads retries within [0.5, 1.5) of the step and never past the cap."""
     step = min(CAP, BASE * 2 ** (attempt - 1))
     delay = retry_delay(attempt, BASE, CAP, jitter)

@@ -243,12 +243,8 @@ def test_unknown_timezone_is_refused(tmp_path: Path, zone: str) -> None:
     assert_error(errors_of(tmp_path), path, None, f"timezone {zone!r}", "IANA")
 
 
-@pytest.mark.parametrize(
-    ("value", "shown"), [("-1", "-1"), ("1.5", "1.5"), ('"3"', "'3'"), ("true", "True")]
-)
-def test_day_that_is_not_a_whole_number_of_days_is_refused(
-    tmp_path: Path, value: str, shown: str
-) -> None:
+@pytest.mark.parametrize(("value", "shown"), [("-1", "-1"), ("1.5", "1.5"), ('"3"', "'3'"), ("true", "True")])
+def test_day_that_is_not_a_whole_number_of_days_is_refused(tmp_path: Path, value: str, shown: str) -> None:
     """A negative, fractional, quoted or boolean `day` is an error at its step."""
     path = write(
         tmp_path,
@@ -265,9 +261,7 @@ def test_day_that_is_not_a_whole_number_of_days_is_refused(
         day = {value}
         """,
     )
-    assert_error(
-        errors_of(tmp_path), path, SECOND_STEP, "'lesson-1'", "day must be", f"got {shown}"
-    )
+    assert_error(errors_of(tmp_path), path, SECOND_STEP, "'lesson-1'", "day must be", f"got {shown}")
 
 
 def test_missing_step_id_is_refused(tmp_path: Path) -> None:
@@ -404,9 +398,7 @@ def test_cache_picks_up_a_valid_edit(tmp_path: Path) -> None:
     assert cache.errors
 
     # Every write has a different size, so the cache sees each edit whatever the clock's grain.
-    path.write_text(
-        GOOD + '\n[[steps]]\nid = "lesson-2"\nday = 3\nat = "12:30"\n', encoding="utf-8"
-    )
+    path.write_text(GOOD + '\n[[steps]]\nid = "lesson-2"\nday = 3\nat = "12:30"\n', encoding="utf-8")
     after = cache.get().get("seminar")
     assert cache.errors == []
     assert before is not None

@@ -39,11 +39,7 @@ def tamper(token: str, index: int) -> str:
 
 def tamperable(token: str) -> list[int]:
     """Positions whose change alters the decoded bytes (the last of a segment may be padding)."""
-    return [
-        i
-        for i, char in enumerate(token)
-        if char != "." and i + 1 < len(token) and token[i + 1] != "."
-    ]
+    return [i for i, char in enumerate(token) if char != "." and i + 1 < len(token) and token[i + 1] != "."]
 
 
 # --- Round trips -------------------------------------------------------------------------------
