@@ -82,6 +82,23 @@ def arrivals(sink: object, email: str, home: Path, zone: ZoneInfo = TOKYO) -> li
     return out
 
 
+def timetable(sink: object, email: str, home: Path, zone: ZoneInfo = TOKYO) -> list[tuple[str, str]]:
+    """(step, "MM-DD HH:MM" local) of each seminar mail `email` received: what the reader saw."""
+    return [(step, when.strftime("%m-%d %H:%M")) for step, when in arrivals(sink, email, home, zone)]
+
+
+# The example seminar for a reader who confirms on 2026-12-01 at 10:00 Tokyo time.
+EXAMPLE_TIMETABLE = [
+    ("welcome", "12-01 10:00"),
+    ("lesson-1", "12-02 09:00"),
+    ("lesson-2", "12-04 12:30"),
+    ("lesson-3", "12-06 09:00"),
+    ("lesson-4", "12-08 09:00"),
+    ("lesson-5", "12-11 09:00"),
+    ("lesson-6", "12-15 09:00"),
+]
+
+
 def tick_through(
     rt: Runtime, start: datetime, end: datetime, every: timedelta = timedelta(minutes=30)
 ) -> None:

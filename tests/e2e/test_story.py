@@ -16,7 +16,7 @@ from mailer.models import Delivery, Subscriber
 from mailer.runtime import Runtime
 from mailer.stats import collect
 from tests.conftest import Sink
-from tests.helpers import arrivals, at, confirm_token, text_of, tick_through
+from tests.helpers import EXAMPLE_TIMETABLE, at, confirm_token, text_of, tick_through, timetable
 
 READER = "story.reader@example.com"
 LEAVER = "story.leaver@example.com"
@@ -62,17 +62,9 @@ def test_the_whole_story(
     assert response.status_code == 200
     tick_through(runtime, at("2026-12-04 13:30"), at("2026-12-20 10:00"), every=timedelta(hours=1) / 2)
 
-    expected = [
-        ("welcome", "12-01 10:00"),
-        ("lesson-1", "12-02 09:00"),
-        ("lesson-2", "12-04 12:30"),
-        ("lesson-3", "12-06 09:00"),
-        ("lesson-4", "12-08 09:00"),
-        ("lesson-5", "12-11 09:00"),
-        ("lesson-6", "12-15 09:00"),
-    ]
-    assert [(s, w.strftime("%m-%d %H:%M")) for s, w in arrivals(sink, READER, home)] == expected
-    assert [(s, w.strftime("%m-%d %H:%M")) for s, w in arrivals(sink, LEAVER, home)] == expected[:3]
+    expected = EXAMPLE_TIMETABLE
+    assert timetable(sink, READER, home) == expected
+    assert timetable(sink, LEAVER, home) == expected[:3]
 
     # Every seminar mail is lawful and well-formed, as a mail client sees it.
     seminar_mails = [m for m in sink.to(READER) if m["List-Unsubscribe"]]
