@@ -33,4 +33,6 @@ def configure(level: int = logging.INFO) -> None:
     handler.addFilter(MaskAddresses())
     root.addHandler(handler)
     root.setLevel(level)
-    logging.getLogger("alembic").setLevel(logging.WARNING)  # it narrates every start
+    # Quiet what narrates routine work: Alembic every start, Celery two lines per tick.
+    for name in ("alembic", "celery.app.trace", "celery.worker.strategy"):
+        logging.getLogger(name).setLevel(logging.WARNING)

@@ -12,6 +12,7 @@ from fastapi import FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mailer import signup
@@ -98,8 +99,14 @@ def create_app(runtime: Runtime, *, broker_ok: Callable[[], bool] = lambda: True
             client_ip=client,
             form_version=form_version,
         )
-        with session_scope(runtime.sessions) as session:
-            outcome = signup.subscribe(session, site, runtime.catalog(), req, utcnow())
+        try:
+            with session_scope(runtime.sessions) as session:
+                outcome = signup.subscribe(session, site, runtime.catalog(), req, utcnow())
+        except IntegrityError:
+            # The same new address signed up twice at once: the other request created the row;
+            # this one now finds it and answers like any second sign-up.
+            with session_scope(runtime.sessions) as session:
+                outcome = signup.subscribe(session, site, runtime.catalog(), req, utcnow())
         if isinstance(outcome, Refusal):
             error = (
                 t(f"error.{outcome.reason}", provider=outcome.provider)

@@ -345,3 +345,23 @@ def test_english_locale_serves_english_pages(home, database_url: str, sink: Sink
     rt.tick(now)
     assert "You receive this mail because" in text_of(sink.to("en@example.com")[0])
     rt.engine.dispose()
+
+
+def test_simultaneous_sign_ups_of_one_new_address_both_succeed(runtime: Runtime, live: str) -> None:
+    """Two requests for the same new address at once both get the thank-you page; one row is stored."""
+    import threading
+
+    statuses: list[int] = []
+    barrier = threading.Barrier(4)
+
+    def sign_up() -> None:
+        barrier.wait()
+        statuses.append(post(live, email="twice@example.com").status_code)
+
+    threads = [threading.Thread(target=sign_up) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert statuses == [200, 200, 200, 200]
+    assert count(runtime, Subscriber) == 1
