@@ -48,6 +48,15 @@ def _runtime() -> Runtime:
     return Runtime(load_settings())
 
 
+def _serving_runtime(host: str, port: int) -> Runtime:
+    """Links point where this process listens unless MAILER_BASE_URL says otherwise (a proxy)."""
+    settings = load_settings()
+    if "base_url" not in settings.model_fields_set:
+        shown = "localhost" if host in {"127.0.0.1", "0.0.0.0", "::", "::1"} else host  # noqa: S104 (compared, not bound)
+        settings.base_url = f"http://{shown}:{port}"
+    return Runtime(settings)
+
+
 def _fail(message: str) -> NoReturn:
     err.print(f"[red]error:[/red] {message}", highlight=False, markup=True)
     raise typer.Exit(1)
@@ -84,14 +93,18 @@ def run(host: HostOption = "127.0.0.1", port: PortOption = 8000) -> None:
     from mailer import tasks  # noqa: PLC0415
     from mailer.embedded import worker_thread  # noqa: PLC0415
 
-    runtime = _runtime()
+    runtime = _serving_runtime(host, port)
     _prepare(runtime)
     celery = tasks.configure(runtime)
     out.print(f"mailer: http://{host}:{port}/  (mail goes to {runtime.settings.smtp_url}; Ctrl-C stops)")
     if runtime.settings.smtp_url.startswith("maildir:"):
         out.print(f"mailer: read the mail written at http://{host}:{port}/outbox")
-    with worker_thread(celery, beat=True):
-        _serve(runtime, host, port)
+    try:
+        with worker_thread(celery, beat=True):
+            _serve(runtime, host, port)
+    except KeyboardInterrupt:
+        pass  # Ctrl-C: web, worker and scheduler have stopped; that is a normal end
+    out.print("mailer: stopped")
 
 
 @app.command()
@@ -100,7 +113,7 @@ def web(
     port: PortOption = 8000,
 ) -> None:
     """The web process alone (production: run several behind a proxy)."""
-    runtime = _runtime()
+    runtime = _serving_runtime(host, port)
     _prepare(runtime)
     _serve(runtime, host, port)
 
