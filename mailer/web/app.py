@@ -48,6 +48,15 @@ def create_app(runtime: Runtime, *, broker_ok: Callable[[], bool] = lambda: True
 
     app = FastAPI(title="mailer", docs_url=None, redoc_url=None, openapi_url=None)
 
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next: Callable[[Request], Any]) -> Response:
+        response: Response = await call_next(request)
+        # Confirm and unsubscribe URLs carry tokens: no page may hand them on in a Referer.
+        response.headers["Referrer-Policy"] = "no-referrer"
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["X-Frame-Options"] = "DENY"
+        return response
+
     def page(name: str, status: int = 200, **context: Any) -> HTMLResponse:
         html = pages.get_template(name).render(**context)
         return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})

@@ -365,3 +365,11 @@ def test_simultaneous_sign_ups_of_one_new_address_both_succeed(runtime: Runtime,
         thread.join()
     assert statuses == [200, 200, 200, 200]
     assert count(runtime, Subscriber) == 1
+
+
+def test_pages_never_hand_their_token_on(runtime: Runtime, live: str, sink: Sink) -> None:
+    """Pages whose URL holds a token tell the browser to send no Referer and not to be framed."""
+    url = _joined(runtime, live, sink, "referer@example.com")
+    for response in (httpx.get(url, timeout=10), httpx.get(f"{live}/", timeout=10)):
+        assert response.headers["Referrer-Policy"] == "no-referrer"
+        assert response.headers["X-Frame-Options"] == "DENY"
