@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from mailer import enrolment as cursor
 from mailer import schedule, store
@@ -56,7 +57,7 @@ def check_name(raw: str) -> str | Refusal:
 
 
 def subscribe(
-    session: store.Session, site: Site, catalog: Catalog, request: SignupRequest, now: datetime
+    session: Session, site: Site, catalog: Catalog, request: SignupRequest, now: datetime
 ) -> Accepted | Refusal:
     """Record a sign-up and plan its confirmation mail, or say why not. Nothing is stored on refusal."""
     name = check_name(request.name)
@@ -145,7 +146,7 @@ class Confirmed:
 
 
 def confirm(
-    session: store.Session, site: Site, catalog: Catalog, claim: ConfirmClaim, now: datetime
+    session: Session, site: Site, catalog: Catalog, claim: ConfirmClaim, now: datetime
 ) -> Confirmed | None:
     """Confirm the address and enter the seminar; None for a token already used or unknown."""
     enrolment = session.get(Enrolment, claim.enrolment_id)
@@ -179,7 +180,7 @@ def confirm(
     return Confirmed(sequence, delivery_id)
 
 
-def unsubscribe(session: store.Session, claim: UnsubscribeClaim, now: datetime) -> bool:
+def unsubscribe(session: Session, claim: UnsubscribeClaim, now: datetime) -> bool:
     """Stop everything for this subscriber at once, including mail claimed but not yet handed to
     SMTP. False when the token names nobody. Idempotent."""
     subscriber = session.get(Subscriber, claim.subscriber_id)

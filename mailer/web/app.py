@@ -40,11 +40,7 @@ def create_app(runtime: Runtime, *, broker_ok: Callable[[], bool] = lambda: True
     form_source = (runtime.settings.home / "templates" / "pages" / "subscribe.html").read_bytes()
     form_version = hashlib.sha256(form_source).hexdigest()[:16]
     limiter = WindowLimiter(site.signup.per_client_per_hour, timedelta(hours=1))
-    blocked_names = (
-        "、".join(b.provider for b in site.signup.blocked)
-        if site.locale == "ja"
-        else ", ".join(b.provider for b in site.signup.blocked)
-    )
+    blocked_names = ("、" if site.locale == "ja" else ", ").join(b.provider for b in site.signup.blocked)
 
     app = FastAPI(title="mailer", docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -108,21 +104,19 @@ def create_app(runtime: Runtime, *, broker_ok: Callable[[], bool] = lambda: True
             client_ip=client,
             form_version=form_version,
         )
-        try:
+
+        def record() -> signup.Accepted | Refusal:
             with session_scope(runtime.sessions) as session:
-                outcome = signup.subscribe(session, site, runtime.catalog(), req, utcnow())
+                return signup.subscribe(session, site, runtime.catalog(), req, utcnow())
+
+        try:
+            outcome = record()
         except IntegrityError:
             # The same new address signed up twice at once: the other request created the row;
             # this one now finds it and answers like any second sign-up.
-            with session_scope(runtime.sessions) as session:
-                outcome = signup.subscribe(session, site, runtime.catalog(), req, utcnow())
+            outcome = record()
         if isinstance(outcome, Refusal):
-            error = (
-                t(f"error.{outcome.reason}", provider=outcome.provider)
-                if outcome.provider
-                else t(f"error.{outcome.reason}")
-            )
-            return form(422, error, **values)
+            return form(422, t(f"error.{outcome.reason}", provider=outcome.provider), **values)
         if outcome.confirmation_id is not None:
             runtime.wake()
         return page("message.html", title=t("thanks.title"), body=t("thanks.body"), hint=t("thanks.hint"))
