@@ -285,6 +285,13 @@ def stats(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] =
     for state, count in sorted(data["subscribers"].items()):
         table.add_row(state, str(count))
     out.print(table)
+    table = Table(title="Readers by seminar and next step")
+    for column in ("sequence", "state", "next step"):
+        table.add_column(column)
+    table.add_column("count", justify="right")
+    for row in data["enrolments"]:
+        table.add_row(row["sequence"], row["state"], row["next_step"] or "(none for now)", str(row["count"]))
+    out.print(table)
     table = Table(title="Deliveries")
     for column in ("kind", "sequence", "step", "state"):
         table.add_column(column)

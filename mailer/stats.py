@@ -1,4 +1,4 @@
-"""Who is where: subscribers by state, deliveries by step and state, unsubscribes by step."""
+"""Who is where: subscribers by state, readers by their next step, deliveries, unsubscribes by step."""
 
 from __future__ import annotations
 
@@ -7,13 +7,21 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, aliased
 
-from mailer.models import Delivery, Subscriber
+from mailer.models import Delivery, Enrolment, Subscriber
 
 
 def collect(session: Session) -> dict[str, Any]:
     subscribers = dict(
         session.execute(select(Subscriber.state, func.count()).group_by(Subscriber.state)).all()
     )
+    enrolments = [
+        {"sequence": sequence_id, "state": state, "next_step": next_step, "count": count}
+        for sequence_id, state, next_step, count in session.execute(
+            select(Enrolment.sequence_id, Enrolment.state, Enrolment.next_step_id, func.count())
+            .group_by(Enrolment.sequence_id, Enrolment.state, Enrolment.next_step_id)
+            .order_by(Enrolment.sequence_id, Enrolment.state, Enrolment.next_step_id)
+        ).all()
+    ]
     deliveries: list[dict[str, Any]] = []
     rows = session.execute(
         select(Delivery.kind, Delivery.sequence_id, Delivery.step_id, Delivery.state, func.count())
@@ -35,4 +43,9 @@ def collect(session: Session) -> dict[str, Any]:
             .group_by(via.kind, via.sequence_id, via.step_id)
         ).all()
     ]
-    return {"subscribers": subscribers, "deliveries": deliveries, "unsubscribes": unsubscribes}
+    return {
+        "subscribers": subscribers,
+        "enrolments": enrolments,
+        "deliveries": deliveries,
+        "unsubscribes": unsubscribes,
+    }

@@ -151,6 +151,9 @@ def test_tick_and_stats(home: Path, sink: Sink) -> None:
     assert [step_subjects(home).get(str(m["Subject"])) for m in sink.to("cli@example.com")][-1] == "lesson-1"
     stats = json.loads(mailer(home, "stats", "--json", db=db).stdout)
     assert stats["subscribers"] == {"confirmed": 1}
+    assert stats["enrolments"] == [
+        {"sequence": "web-business", "state": "active", "next_step": "lesson-2", "count": 1}
+    ]
     sent = {(d["kind"], d["step"]): d["count"] for d in stats["deliveries"] if d["state"] == "sent"}
     assert sent == {("confirm", None): 1, ("step", "welcome"): 1, ("step", "lesson-1"): 1}
     table = mailer(home, "stats", db=db)
