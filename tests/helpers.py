@@ -109,6 +109,19 @@ def tick_through(
         moment += every
 
 
+def ledger_row(rt: Runtime, subscriber_id: int, step_id: str) -> Delivery:
+    """The ledger row of one step for one subscriber, as the database holds it now."""
+    with session_scope(rt.sessions) as session:
+        return session.scalars(
+            select(Delivery).where(Delivery.subscriber_id == subscriber_id, Delivery.step_id == step_id)
+        ).one()
+
+
+def seminar_mails(sink: object, email: str) -> list[EmailMessage]:
+    """The list mails `email` received (those with List-Unsubscribe), not the confirmation."""
+    return [m for m in sink.to(email) if m["List-Unsubscribe"]]  # type: ignore[attr-defined]
+
+
 def ledger(rt: Runtime, subscriber_id: int) -> dict[str | None, str]:
     with session_scope(rt.sessions) as session:
         rows = session.execute(

@@ -12,16 +12,15 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
-from sqlalchemy import select
 
 from mailer.db import session_scope
 from mailer.errors import PermanentDeliveryError, TransientDeliveryError
-from mailer.models import Delivery, Subscriber
+from mailer.models import Subscriber
 from mailer.runtime import Runtime
 from mailer.send import transport_from_url
 from mailer.send.smtp import SMTPTransport
 from tests.conftest import Sink, SinkHandler, free_port
-from tests.helpers import at, join
+from tests.helpers import at, join, ledger_row, seminar_mails
 
 MESSAGE = b"From: a@example.jp\r\nTo: b@example.com\r\nSubject: hi\r\n\r\nhello\r\n"
 
@@ -192,18 +191,15 @@ def test_a_4xx_waits_in_the_ledger_then_goes(runtime: Runtime, sink: Sink) -> No
     sid = join(runtime, sink, "retry@example.com", at("2026-12-01 10:00"))
     sink.handler.data_fault = lambda _rcpts: "421 4.7.0 slow down"
     runtime.tick(lambda: at("2026-12-02 09:00"))
-    with session_scope(runtime.sessions) as session:
-        row = session.scalars(
-            select(Delivery).where(Delivery.subscriber_id == sid, Delivery.step_id == "lesson-1")
-        ).one()
+    row = ledger_row(runtime, sid, "lesson-1")
     assert (row.state, row.attempts) == ("pending", 1)
     assert "421" in (row.last_error or "")
     assert timedelta(seconds=30) <= row.available_at - at("2026-12-02 09:00") <= timedelta(seconds=90)
     sink.handler.data_fault = lambda _rcpts: None
     runtime.tick(lambda: at("2026-12-02 09:00:20"))
-    assert len([m for m in sink.to("retry@example.com") if m["List-Unsubscribe"]]) == 1  # welcome only
+    assert len(seminar_mails(sink, "retry@example.com")) == 1  # welcome only
     runtime.tick(lambda: at("2026-12-02 09:02"))
-    assert len([m for m in sink.to("retry@example.com") if m["List-Unsubscribe"]]) == 2
+    assert len(seminar_mails(sink, "retry@example.com")) == 2
 
 
 def test_a_5xx_fails_the_row_suppresses_the_address_and_is_never_retried(
@@ -214,15 +210,13 @@ def test_a_5xx_fails_the_row_suppresses_the_address_and_is_never_retried(
     join(runtime, sink, "fine@example.com", at("2026-12-01 10:00"))
     sink.handler.rcpt_fault = lambda rcpt: "550 5.1.1 user unknown" if rcpt == "gone@example.com" else None
     runtime.tick(lambda: at("2026-12-02 09:00"))
+    row = ledger_row(runtime, sid, "lesson-1")
+    assert (row.state, row.attempts) == ("failed", 1)
+    assert "5.1.1" in (row.last_error or "")
     with session_scope(runtime.sessions) as session:
-        row = session.scalars(
-            select(Delivery).where(Delivery.subscriber_id == sid, Delivery.step_id == "lesson-1")
-        ).one()
-        assert (row.state, row.attempts) == ("failed", 1)
-        assert "5.1.1" in (row.last_error or "")
         assert session.get(Subscriber, sid).state == "bounced"  # type: ignore[union-attr]
     sink.handler.rcpt_fault = lambda _rcpt: None
     for day in range(3, 16):
         runtime.tick(lambda d=day: at(f"2026-12-{d:02d} 13:00"))
     assert len(sink.to("gone@example.com")) == 2  # the confirmation and the welcome, before it bounced
-    assert len([m for m in sink.to("fine@example.com") if m["List-Unsubscribe"]]) == 7
+    assert len(seminar_mails(sink, "fine@example.com")) == 7

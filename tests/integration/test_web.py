@@ -13,7 +13,7 @@ from mailer.db import session_scope
 from mailer.models import Consent, Delivery, Enrolment, Subscriber
 from mailer.runtime import Runtime
 from tests.conftest import Sink
-from tests.helpers import confirm_token, text_of
+from tests.helpers import confirm_token, seminar_mails, text_of
 
 
 def now() -> datetime:
@@ -225,7 +225,7 @@ def _joined(runtime: Runtime, live: str, sink: Sink, email: str) -> str:
     token = signed_up(runtime, live, sink, email)
     httpx.get(f"{live}/confirm/{token}", timeout=10)
     runtime.tick(now)
-    welcome = [m for m in sink.to(email) if m["List-Unsubscribe"]][-1]
+    welcome = seminar_mails(sink, email)[-1]
     return re.findall(r"<(http[^>]+)>", str(welcome["List-Unsubscribe"]))[0]
 
 
