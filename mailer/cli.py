@@ -308,6 +308,12 @@ def stats(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] =
     out.print(table)
 
 
+def _first_line(error: BaseException | None) -> str:
+    """Drivers write several lines (hints, URLs); the terminal gets the first."""
+    lines = str(error or "").strip().splitlines()
+    return lines[0] if lines else ""
+
+
 def main() -> None:
     logs.configure()
     try:
@@ -322,7 +328,7 @@ def main() -> None:
     except KeyboardInterrupt:
         sys.exit(130)
     except OperationalError as exc:
-        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+        reason = _first_line(exc.orig) or type(exc).__name__
         err.print(
             f"error: cannot use the database (MAILER_DATABASE_URL): {reason}",
             highlight=False,
@@ -330,8 +336,9 @@ def main() -> None:
         )
         sys.exit(1)
     except Exception as exc:
-        # Never a traceback at the terminal; MAILER_DEBUG=1 logs it for a bug report.
+        # Never a traceback at the terminal: one line naming the error (debug logging has the rest).
         log.debug("cli.crash", exc_info=True)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        err.print(f"error: unexpected {type(exc).__name__}: {first}", highlight=False, markup=False)
+        err.print(
+            f"error: unexpected {type(exc).__name__}: {_first_line(exc)}", highlight=False, markup=False
+        )
         sys.exit(1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from email.headerregistry import Address
@@ -75,7 +76,7 @@ class Composed:
     unsubscribe_url: str | None
 
 
-def mail_environment(home: Path, site: Site) -> Environment:
+def mail_environment(home: Path, site: Site, t: Callable[..., str]) -> Environment:
     env = Environment(
         loader=FileSystemLoader(home / "templates"),
         autoescape=select_autoescape(["html"]),
@@ -83,7 +84,7 @@ def mail_environment(home: Path, site: Site) -> Environment:
         keep_trailing_newline=False,
         auto_reload=True,
     )
-    env.globals["t"] = translator(site.locale)
+    env.globals["t"] = t
     env.globals["site"] = site
     return env
 
@@ -123,7 +124,7 @@ class MailTemplate:
 
     def compose(self, recipient: Recipient, **extra: Any) -> Composed:
         r = self.renderer
-        t = translator(r.site.locale)
+        t = r.t
         unsubscribe_url = None
         if self.list_mail:
             token = r.tokens.unsubscribe(recipient.subscriber_id, recipient.delivery_id or None)
@@ -176,7 +177,8 @@ class Renderer:
         self.site = site
         self.base_url = base_url.rstrip("/")
         self.tokens = tokens
-        self.env = mail_environment(site.home, site)
+        self.t = translator(site.locale)
+        self.env = mail_environment(site.home, site, self.t)
         # Message-IDs are deterministic per delivery (a re-send carries the same one) and unique
         # to this installation, without revealing how many mails it has sent to whom.
         self._msgid_key = hashlib.sha256(secret_key.encode()).digest()

@@ -27,13 +27,12 @@ def _parse(raw: bytes) -> EmailMessage:
     return email.message_from_bytes(raw, policy=email.policy.default)  # type: ignore[return-value]
 
 
-def _summary(key: str, msg: EmailMessage, mtime: float) -> dict[str, Any]:
+def _summary(key: str, msg: EmailMessage) -> dict[str, Any]:
     return {
         "key": key,
         "subject": str(msg["Subject"] or ""),
         "to": str(msg["To"] or ""),
         "date": str(msg["Date"] or ""),
-        "mtime": mtime,
     }
 
 
@@ -52,10 +51,12 @@ def mount(
             return page("message.html", 404, title=t("notfound.title"), body="")
         transport.box()  # creates the folders on a fresh install
         # A maildir message is a file in new/ or cur/; its key is the name before any ":2,flags".
-        paths = [p for sub in ("new", "cur") for p in (transport.folder / sub).iterdir()]
-        items = [_summary(p.name.split(":")[0], _parse(p.read_bytes()), p.stat().st_mtime) for p in paths]
-        items.sort(key=lambda item: item["mtime"], reverse=True)
-        return page("outbox.html", items=items[:200])
+        stamped = [
+            (p.stat().st_mtime, p) for sub in ("new", "cur") for p in (transport.folder / sub).iterdir()
+        ]
+        newest = sorted(stamped, key=lambda pair: pair[0], reverse=True)[:200]  # parse only what is shown
+        items = [_summary(p.name.split(":")[0], _parse(p.read_bytes())) for _, p in newest]
+        return page("outbox.html", items=items)
 
     @app.get("/outbox/{key}", response_class=HTMLResponse)
     def outbox_message(request: Request, key: str) -> Response:
