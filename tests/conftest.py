@@ -5,36 +5,32 @@ from __future__ import annotations
 import contextlib
 import email
 import email.policy
-import itertools
-import os
 import shutil
-import socket
-import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 import uvicorn
 from aiosmtpd.controller import Controller
 
 from mailer.config import Settings
 from mailer.runtime import Runtime
+from tests.services import (
+    PostgresServer,
+    RedisServer,
+    ServiceMissingError,
+    free_port,
+    postgres_server,
+    redis_server,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "test-secret-key"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -48,87 +44,16 @@ def home(tmp_path: Path) -> Path:
     return target
 
 
-# --- PostgreSQL: one server per test session, one fresh database per test ---------------------
-
-
-@dataclass
-class PostgresServer:
-    host: str
-    port: int
-    counter: Iterator[int] = field(default_factory=itertools.count)
-
-    def admin(self) -> psycopg.Connection[Any]:
-        return psycopg.connect(
-            host=self.host, port=self.port, user="postgres", dbname="postgres", autocommit=True
-        )
-
-    def new_database(self) -> str:
-        name = f"t{os.getpid()}_{next(self.counter)}"
-        with self.admin() as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        return f"postgresql+psycopg://postgres@{self.host}:{self.port}/{name}"
-
-
-def _pg_bin() -> Path:
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    if not found:
-        pytest.fail("PostgreSQL is not installed: `make test` installs it (scripts/install-test-deps)")
-    return found[-1].parent
+# --- PostgreSQL and Redis: one server each per test session, one fresh database per test ----
 
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresServer]:
-    """A real PostgreSQL on a free loopback port in a temporary folder (as `postgres`: it refuses root)."""
-    bindir = _pg_bin()
-    # Not under pytest's tmp folder: that is private to root, and the server runs as `postgres`.
-    base = Path(tempfile.mkdtemp(prefix="mailer-pg-"))
-    data = base / "data"
-    as_postgres: list[str] = []
-    if os.geteuid() == 0:
-        shutil.chown(base, "postgres")
-        as_postgres = ["runuser", "-u", "postgres", "--"]
-    subprocess.run(
-        [
-            *as_postgres,
-            str(bindir / "initdb"),
-            "-D",
-            str(data),
-            "-U",
-            "postgres",
-            "-A",
-            "trust",
-            "--no-sync",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    port = free_port()
-    options = f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
-    subprocess.run(
-        [
-            *as_postgres,
-            str(bindir / "pg_ctl"),
-            "-D",
-            str(data),
-            "-w",
-            "-l",
-            str(base / "log"),
-            "-o",
-            options,
-            "start",
-        ],
-        check=True,
-        capture_output=True,
-    )
     try:
-        yield PostgresServer("127.0.0.1", port)
-    finally:
-        subprocess.run(
-            [*as_postgres, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-            check=False,
-            capture_output=True,
-        )
-        shutil.rmtree(base, ignore_errors=True)
+        with postgres_server() as server:
+            yield server
+    except ServiceMissingError as exc:
+        pytest.fail(str(exc))
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -141,42 +66,17 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real Redis on a free loopback port, nothing saved to disk."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail("Redis is not installed: `make test` installs it (scripts/install-test-deps)")
-    port = free_port()
-    folder = tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(folder),
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        with (
-            contextlib.suppress(OSError),
-            socket.create_connection(("127.0.0.1", port), timeout=0.2),
-        ):
-            break
-        time.sleep(0.02)
+def redis() -> Iterator[RedisServer]:
     try:
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        proc.wait(10)
+        with redis_server() as server:
+            yield server
+    except ServiceMissingError as exc:
+        pytest.fail(str(exc))
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis: RedisServer) -> str:
+    return redis.url
 
 
 # --- SMTP: a real aiosmtpd server in this process, with faults on demand -----------------------

@@ -13,7 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Sink, free_port
+from tests.conftest import Sink
+from tests.services import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -19,8 +19,9 @@ from mailer.models import Subscriber
 from mailer.runtime import Runtime
 from mailer.send import transport_from_url
 from mailer.send.smtp import SMTPTransport
-from tests.conftest import Sink, SinkHandler, free_port
+from tests.conftest import Sink, SinkHandler
 from tests.helpers import at, join, ledger_row, seminar_mails
+from tests.services import free_port
 
 MESSAGE = b"From: a@example.jp\r\nTo: b@example.com\r\nSubject: hi\r\n\r\nhello\r\n"
 
