@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -65,15 +66,21 @@ def _fail(message: str) -> NoReturn:
 def _serve(runtime: Runtime, host: str, port: int, workers: int = 1) -> None:
     import uvicorn  # noqa: PLC0415 (only the serving commands need it)
 
+    options: dict[str, Any] = {"host": host, "port": port, "log_level": "info", "access_log": False}
+    # uvicorn re-raises SIGTERM after its graceful shutdown; as SystemExit it unwinds our
+    # `finally` blocks (worker and beat threads stop) instead of killing the process mid-way.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    if workers > 1:
+        # Each worker process builds its own runtime from the environment; links must point
+        # where this parent listens.
+        os.environ["MAILER_BASE_URL"] = runtime.settings.base_url
+        uvicorn.run("mailer.web.app:from_environment", factory=True, workers=workers, **options)
+        return
     from mailer import tasks  # noqa: PLC0415
     from mailer.web.app import create_app  # noqa: PLC0415
 
     tasks.configure(runtime)
-    web = create_app(runtime, broker_ok=tasks.broker_ok)
-    # uvicorn re-raises SIGTERM after its graceful shutdown; as SystemExit it unwinds our
-    # `finally` blocks (worker and beat threads stop) instead of killing the process mid-way.
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    uvicorn.run(web, host=host, port=port, workers=workers, log_level="info", access_log=False)
+    uvicorn.run(create_app(runtime, broker_ok=tasks.broker_ok), **options)
 
 
 def _exit_on_sigterm(_signum: int, _frame: FrameType | None) -> None:
@@ -111,11 +118,12 @@ def run(host: HostOption = "127.0.0.1", port: PortOption = 8000) -> None:
 def web(
     host: HostOption = "127.0.0.1",
     port: PortOption = 8000,
+    workers: Annotated[int, typer.Option(min=1, help="Processes serving requests.")] = 1,
 ) -> None:
-    """The web process alone (production: run several behind a proxy)."""
+    """The web process alone (production: several workers, behind a proxy)."""
     runtime = _serving_runtime(host, port)
     _prepare(runtime)
-    _serve(runtime, host, port)
+    _serve(runtime, host, port, workers)
 
 
 @app.command()

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mailer.errors import ConfigError
+from mailer.ratelimit import Bucket, Rate
 
 
 class Settings(BaseSettings):
@@ -125,6 +126,35 @@ class Delivery:
 
 
 @dataclass(frozen=True)
+class DomainLimit:
+    """Rates for each of these recipient domains (and their subdomains), each domain its own bucket."""
+
+    domains: tuple[str, ...]
+    rates: tuple[Rate, ...]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How fast mail may leave: the relay's rates, and per recipient domain (carriers throttle)."""
+
+    relay: tuple[Rate, ...] = ()
+    domains: tuple[DomainLimit, ...] = ()
+
+    def buckets_for(self, recipient: str) -> list[Bucket]:
+        buckets = [Bucket(f"relay:{rate.count}/{rate.per.total_seconds():g}", rate) for rate in self.relay]
+        domain = recipient.rpartition("@")[2].lower()
+        for rule in self.domains:
+            matched = next((d for d in rule.domains if domain == d or domain.endswith("." + d)), None)
+            if matched is not None:
+                buckets += [
+                    Bucket(f"domain:{matched}:{rate.count}/{rate.per.total_seconds():g}", rate)
+                    for rate in rule.rates
+                ]
+                break
+        return buckets
+
+
+@dataclass(frozen=True)
 class Site:
     """The site file: sender identity, sign-up policy, quiet hours. Content the operator edits."""
 
@@ -133,6 +163,7 @@ class Site:
     quiet_hours: QuietHours | None
     delivery: Delivery
     default_sequence: str
+    limits: Limits = field(default_factory=Limits)
     locale: str = "ja"
     home: Path = field(default=Path())
 
@@ -171,6 +202,30 @@ def _table(data: dict[str, Any], key: str, where: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ConfigError(f"{where}: [{key}] must be a table")
     return value
+
+
+def _rates(value: object, where: str) -> tuple[Rate, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(f'{where}: expected a list of rates like ["20/s", "30000/h"]')
+    return tuple(Rate.parse(item, where) for item in value)
+
+
+def _limits(data: dict[str, Any], where: str) -> Limits:
+    rules = data.get("domains", [])
+    if not isinstance(rules, list) or not all(
+        isinstance(r, dict) and isinstance(r.get("domains"), list) for r in rules
+    ):
+        raise ConfigError(f"{where}: each [[limits.domains]] needs domains = [...] and rates = [...]")
+    return Limits(
+        relay=_rates(data.get("relay", []), f"{where}: limits.relay"),
+        domains=tuple(
+            DomainLimit(
+                tuple(str(d).lower().strip(".") for d in rule["domains"]),
+                _rates(rule.get("rates"), f"{where}: limits.domains"),
+            )
+            for rule in rules
+        ),
+    )
 
 
 def load_site(home: Path) -> Site:
@@ -242,6 +297,8 @@ def load_site(home: Path) -> Site:
         max_lateness=_duration(d.get("max_lateness", "6h"), f"{where}: delivery.max_lateness"),
     )
 
+    limits = _limits(_table(data, "limits", where), where)
+
     locale = str(data.get("locale", "ja"))
     if locale not in LOCALES:
         raise ConfigError(f"{where}: locale must be one of {', '.join(LOCALES)}, got {locale!r}")
@@ -254,6 +311,7 @@ def load_site(home: Path) -> Site:
         quiet_hours=quiet,
         delivery=delivery,
         default_sequence=default_sequence,
+        limits=limits,
         locale=locale,
         home=home,
     )

@@ -10,14 +10,16 @@ from __future__ import annotations
 import logging
 import random
 import re
+import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, fields
-from datetime import datetime
+from dataclasses import dataclass, field, fields
+from datetime import datetime, timedelta
 from typing import Self
 
 from jinja2 import TemplateError
 from sqlalchemy import select, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailer import enrolment as cursor
@@ -26,6 +28,7 @@ from mailer.config import Site
 from mailer.db import session_scope
 from mailer.errors import DeliveryError, PermanentDeliveryError
 from mailer.models import Delivery, Enrolment, Subscriber
+from mailer.ratelimit import Limiter, LimiterUnavailableError, LocalLimiter
 from mailer.render import MailTemplate, Recipient, Renderer
 from mailer.send import Connection, Transport
 from mailer.sequences import Catalog
@@ -36,6 +39,8 @@ log = logging.getLogger(__name__)
 # 551 and 553 say the same about the mailbox. Either way the address is never written to again.
 _SUPPRESS_ENHANCED = re.compile(r"\b5\.(?:1\.\d{1,3}|2\.1)\b")
 _ENHANCED = re.compile(r"\b[245]\.\d{1,3}\.\d{1,3}\b")
+MAX_SLEEP = 1.0  # a rate-limit wait up to this long is slept through; a longer one defers the row
+LIMITER_DOWN_WAIT = 10.0  # Redis unreachable: put mail off rather than risk the relay's limits
 
 
 def suppresses(error: PermanentDeliveryError) -> bool:
@@ -61,6 +66,15 @@ class Report:
         return self
 
 
+@dataclass
+class Outcomes:
+    """What SMTP (or the rate limits) made of a group."""
+
+    sent: list[Job] = field(default_factory=list)
+    failed: list[tuple[Job, DeliveryError]] = field(default_factory=list)
+    throttled: list[tuple[Job, datetime]] = field(default_factory=list)
+
+
 @dataclass(frozen=True)
 class Job:
     """A claimed row, rendered and ready for SMTP."""
@@ -80,6 +94,7 @@ class Deliverer:
         site: Site,
         catalog: Callable[[], Catalog],
         renderer: Renderer,
+        limiter: Limiter | None = None,
         jitter: Callable[[], float] = random.random,
     ) -> None:
         self.sessions = session_factory
@@ -87,6 +102,7 @@ class Deliverer:
         self.site = site
         self.catalog = catalog
         self.renderer = renderer
+        self.limiter = limiter or LocalLimiter()
         self.jitter = jitter
 
     def run(self, now: Callable[[], datetime], *, max_batches: int | None = None) -> Report:
@@ -231,44 +247,93 @@ class Deliverer:
     def _send_group(
         self, jobs: list[Job], token: str, now: datetime, connection: Connection, catalog: Catalog
     ) -> Report:
-        report = Report()
-        ids = [job.delivery_id for job in jobs]
-        # Re-checked just before SMTP: an unsubscribe since the claim skipped the row.
-        with session_scope(self.sessions) as session:
-            live = set(
-                session.scalars(
-                    select(Delivery.id).where(
-                        Delivery.id.in_(ids),
-                        Delivery.claimed_by == token,
-                        Delivery.state == "sending",
-                    )
-                )
-            )
-        outcomes: list[tuple[Job, DeliveryError | None]] = []
-        sender = self.site.sender.address
-        for job in jobs:
-            if job.delivery_id not in live:
-                continue
-            try:
-                connection.send(sender, job.recipient, job.message)
-            except DeliveryError as exc:
-                outcomes.append((job, exc))
-            else:
-                outcomes.append((job, None))
-        with session_scope(self.sessions) as session:
-            self._record(session, outcomes, token, now, catalog, report)
+        """Send a group and mark it in one transaction that holds the rows from the re-check on."""
+        outcomes = Outcomes()
+        try:
+            with session_scope(self.sessions) as session:
+                # An unsubscribe committed before this lock skips the row; one arriving after it
+                # waits for this commit, so no mail goes to an address that has already left.
+                live = store.lock_claimed(session, [job.delivery_id for job in jobs], token)
+                blocked: dict[tuple[str, ...], float] = {}
+                for job in jobs:
+                    if job.delivery_id in live:
+                        self._send_one(connection, job, now, blocked, outcomes)
+                report = Report()
+                self._record(session, outcomes, token, now, catalog, report)
+        except OperationalError:
+            if not outcomes.sent:
+                raise  # nothing reached SMTP: the rows wait for their lease to lapse
+            # The database went away after SMTP took these: record them once it is back.
+            report = self._record_when_back(outcomes, token, now, catalog)
         return report
+
+    def _send_one(
+        self,
+        connection: Connection,
+        job: Job,
+        now: datetime,
+        blocked: dict[tuple[str, ...], float],
+        outcomes: Outcomes,
+    ) -> None:
+        wait = self._admit(job, blocked)
+        if wait:
+            outcomes.throttled.append((job, now + timedelta(seconds=wait)))
+            return
+        try:
+            connection.send(self.site.sender.address, job.recipient, job.message)
+        except DeliveryError as exc:
+            outcomes.failed.append((job, exc))
+        else:
+            outcomes.sent.append(job)
+
+    def _admit(self, job: Job, blocked: dict[tuple[str, ...], float]) -> float:
+        """Wait out the rate limits: 0 when the mail may go now, else seconds to put it off by."""
+        buckets = self.site.limits.buckets_for(job.recipient)
+        if not buckets:
+            return 0.0
+        signature = tuple(b.key for b in buckets)
+        if (until := blocked.get(signature, 0.0) - time.monotonic()) > 0:
+            return until
+        while True:
+            try:
+                wait = self.limiter.take(buckets)
+            except LimiterUnavailableError:
+                log.warning("ratelimit.unavailable")
+                wait = LIMITER_DOWN_WAIT
+            if wait == 0:
+                return 0.0
+            if wait > MAX_SLEEP:
+                blocked[signature] = time.monotonic() + wait
+                return wait
+            time.sleep(wait)
+
+    def _record_when_back(self, outcomes: Outcomes, token: str, now: datetime, catalog: Catalog) -> Report:
+        deadline = time.monotonic() + self.site.delivery.lease.total_seconds()
+        pause = 0.5
+        while True:
+            report = Report()
+            try:
+                with session_scope(self.sessions) as session:
+                    self._record(session, outcomes, token, now, catalog, report)
+            except OperationalError:
+                if time.monotonic() + pause > deadline:
+                    raise  # the lease lapses: these rows go again (at most this group twice)
+                log.warning("delivery.record_waiting sent=%s", len(outcomes.sent))
+                time.sleep(pause)
+                pause = min(pause * 2, 5.0)
+            else:
+                return report
 
     def _record(
         self,
         session: Session,
-        outcomes: list[tuple[Job, DeliveryError | None]],
+        outcomes: Outcomes,
         token: str,
         now: datetime,
         catalog: Catalog,
         report: Report,
     ) -> None:
-        sent = [job.delivery_id for job, error in outcomes if error is None]
+        sent = [job.delivery_id for job in outcomes.sent]
         if sent:
             session.execute(
                 update(Delivery)
@@ -279,17 +344,23 @@ class Deliverer:
             report.sent += len(sent)
             for delivery_id in sent:
                 log.info("delivery.sent delivery_id=%s", delivery_id)
-        moved = session.execute(
-            select(Delivery, Subscriber, Enrolment)
-            .join(Subscriber, Delivery.subscriber_id == Subscriber.id)
-            .join(Enrolment, Delivery.enrolment_id == Enrolment.id)
-            .where(Delivery.id.in_(sent), Delivery.kind == "step", Delivery.state == "sent")
-        ).all()
-        for delivery, subscriber, enrolment in moved:
-            cursor.after_sent(session, self.site, catalog, subscriber, enrolment, delivery, now)
-        for job, error in outcomes:
-            if error is None:
-                continue
+            moved = session.execute(
+                select(Delivery, Subscriber, Enrolment)
+                .join(Subscriber, Delivery.subscriber_id == Subscriber.id)
+                .join(Enrolment, Delivery.enrolment_id == Enrolment.id)
+                .where(Delivery.id.in_(sent), Delivery.kind == "step", Delivery.state == "sent")
+            ).all()
+            for delivery, subscriber, enrolment in moved:
+                cursor.after_sent(session, self.site, catalog, subscriber, enrolment, delivery, now)
+        for job, until in outcomes.throttled:
+            session.execute(
+                update(Delivery)
+                .where(Delivery.id == job.delivery_id, Delivery.claimed_by == token)
+                .values(state="pending", available_at=until, claimed_by=None),
+                execution_options={"synchronize_session": False},
+            )
+            report.deferred += 1
+        for job, error in outcomes.failed:
             failed = session.get(Delivery, job.delivery_id)
             if failed is None or failed.claimed_by != token:
                 continue

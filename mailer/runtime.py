@@ -15,6 +15,7 @@ from mailer import enrolment
 from mailer.config import Settings, Site, load_site
 from mailer.db import make_engine, make_session_factory, session_scope, upgrade
 from mailer.deliver import Deliverer, Report
+from mailer.ratelimit import Limiter, limiter_for
 from mailer.render import Renderer
 from mailer.send import Transport, transport_from_url
 from mailer.sequences import Catalog, CatalogCache
@@ -61,6 +62,11 @@ class Runtime:
         return Renderer(self.site, self.settings.base_url, self.tokens, self.secret_key)
 
     @cached_property
+    def limiter(self) -> Limiter:
+        """Shared through Redis when there is one, so every process counts against one budget."""
+        return limiter_for(self.settings.effective_redis_url)
+
+    @cached_property
     def configured_transport(self) -> Transport:
         return transport_from_url(self.settings.smtp_url, self.settings.home)
 
@@ -75,6 +81,7 @@ class Runtime:
             site=self.site,
             catalog=self.catalog,
             renderer=self.renderer,
+            limiter=self.limiter,
         )
 
     def upgrade_db(self) -> None:

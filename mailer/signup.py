@@ -188,10 +188,12 @@ def unsubscribe(session: Session, claim: UnsubscribeClaim, now: datetime) -> boo
         return False
     if subscriber.state in {"unsubscribed", "bounced"}:
         return True
+    # The ledger first: a worker sending one of these rows holds its lock until its group is
+    # committed, and this waits for it; taking the rows before the cursors keeps one lock order.
+    skipped = store.skip_open_deliveries(session, subscriber_id=subscriber.id, reason="unsubscribed")
     subscriber.state = "unsubscribed"
     subscriber.unsubscribed_at = now
     subscriber.unsubscribed_delivery_id = claim.delivery_id
     cursor.stop_all(session, subscriber)
-    skipped = store.skip_open_deliveries(session, subscriber_id=subscriber.id, reason="unsubscribed")
     log.info("subscriber.unsubscribed subscriber_id=%s skipped=%s", subscriber.id, skipped)
     return True

@@ -48,6 +48,20 @@ def claim_deliveries(
     return sorted(claimed.scalars())
 
 
+def lock_claimed(session: Session, ids: list[int], worker: str) -> set[int]:
+    """Of these rows, those `worker` still holds unsent, locked until the transaction ends.
+
+    On PostgreSQL the row locks make an unsubscribe that arrives meanwhile wait for this
+    transaction; SQLite's write lock (BEGIN IMMEDIATE) does the same for the whole database.
+    """
+    query = select(Delivery.id).where(
+        Delivery.id.in_(ids), Delivery.claimed_by == worker, Delivery.state == "sending"
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update()
+    return set(session.scalars(query))
+
+
 def claim_due_enrolments(session: Session, *, now: datetime, limit: int) -> list[int]:
     """Enrolments whose next step is due; their cursor is cleared in the same statement, so two
     schedulers never plan the same step (and the unique ledger rule backs that up)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 
 from celery import Celery
+from sqlalchemy.exc import OperationalError
 
 from mailer.config import Settings
 from mailer.db import utcnow
@@ -18,6 +19,8 @@ from mailer.runtime import Runtime
 log = logging.getLogger(__name__)
 
 app = Celery("mailer")
+VISIBILITY_TIMEOUT = 3600
+WAKE_EXPIRES = 300  # a wake-up nobody took within this is stale: the next tick sends another
 _runtime: Runtime | None = None
 
 
@@ -27,11 +30,18 @@ def configure(runtime: Runtime) -> Celery:
     _runtime = runtime
     settings = runtime.settings
     broker = settings.effective_broker_url
+    transport_options: dict[str, object] = {}
     if broker.startswith("sqla+"):
         settings.instance_dir.mkdir(parents=True, exist_ok=True)
+    elif broker.startswith(("redis://", "rediss://")):
+        # A message unacknowledged this long goes to another worker. Tasks carry no ETA and
+        # expire after minutes, so this only matters for a worker that vanished mid-task.
+        transport_options = {"visibility_timeout": VISIBILITY_TIMEOUT}
     app.conf.update(
         broker_url=broker,
         broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,  # Redis restarted or away: keep trying, never exit
+        broker_transport_options=transport_options,
         task_ignore_result=True,
         result_backend=None,
         task_acks_late=True,  # a worker that dies mid-task leaves the message for another
@@ -63,7 +73,7 @@ def runtime() -> Runtime:
 def wake() -> None:
     """Ask a worker to look at the ledger now (after a sign-up or confirmation commits)."""
     try:
-        deliver.apply_async(expires=300)
+        deliver.apply_async(expires=WAKE_EXPIRES)
     except Exception:
         # The tick finds the row within seconds anyway; a broker hiccup must not fail the request.
         log.warning("wake.failed", exc_info=True)
@@ -72,16 +82,25 @@ def wake() -> None:
 @app.task(name="mailer.tick", ignore_result=True)
 def tick() -> int:
     """Plan what is due, then wake the workers if anything is there to send."""
-    rt = runtime()
-    planned = rt.plan(utcnow())
-    deliver.apply_async(expires=300)
+    try:
+        planned = runtime().plan(utcnow())
+    except OperationalError as exc:
+        log.warning("tick.database_unavailable error=%s", type(exc.orig).__name__)
+        return 0
+    deliver.apply_async(expires=WAKE_EXPIRES)
     return planned
 
 
 @app.task(name="mailer.deliver", ignore_result=True)
 def deliver() -> int:
     """Send everything due now; duplicate wake-ups find nothing left to claim and return."""
-    report = runtime().deliverer().run(utcnow)
+    try:
+        report = runtime().deliverer().run(utcnow)
+    except OperationalError as exc:
+        # Claimed rows wait for their lease to lapse; the next tick after the database is back
+        # wakes a worker for them. Nothing is lost, nothing to retry here.
+        log.warning("deliver.database_unavailable error=%s", type(exc.orig).__name__)
+        return 0
     if report.sent or report.failed:
         log.info(
             "deliver.done sent=%s skipped=%s deferred=%s retried=%s failed=%s",

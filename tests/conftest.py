@@ -9,7 +9,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -87,6 +87,7 @@ class Received:
     sender: str
     recipients: list[str]
     data: bytes
+    at: float = field(default_factory=time.monotonic)  # when the sink accepted it
 
     @property
     def message(self) -> EmailMessage:

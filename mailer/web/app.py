@@ -19,7 +19,7 @@ from mailer import signup
 from mailer.addresses import Refusal
 from mailer.db import session_scope, utcnow
 from mailer.i18n import translator
-from mailer.ratelimit import WindowLimiter
+from mailer.ratelimit import Bucket, LimiterUnavailableError, Rate
 from mailer.runtime import Runtime
 from mailer.send.maildir import MaildirTransport
 from mailer.web import outbox
@@ -39,7 +39,7 @@ def create_app(runtime: Runtime, *, broker_ok: Callable[[], bool] = lambda: True
     # The consent record names the exact form text the reader saw.
     form_source = (runtime.settings.home / "templates" / "pages" / "subscribe.html").read_bytes()
     form_version = hashlib.sha256(form_source).hexdigest()[:16]
-    limiter = WindowLimiter(site.signup.per_client_per_hour, timedelta(hours=1))
+    signup_rate = Rate(site.signup.per_client_per_hour, timedelta(hours=1))
     blocked_names = ("、" if site.locale == "ja" else ", ").join(b.provider for b in site.signup.blocked)
 
     app = FastAPI(title="mailer", docs_url=None, redoc_url=None, openapi_url=None)
@@ -79,6 +79,15 @@ def create_app(runtime: Runtime, *, broker_ok: Callable[[], bool] = lambda: True
         log.error("web.error type=%s", type(exc).__name__)
         return message("invalid.title", "", 500)
 
+    def allowed(client: str) -> bool:
+        """Sign-ups per client address, counted across every web process (Redis)."""
+        key = "signup:" + hashlib.sha256(client.encode()).hexdigest()[:24]  # no IP kept in Redis
+        try:
+            return runtime.limiter.take([Bucket(key, signup_rate, burst=signup_rate.count)]) == 0
+        except LimiterUnavailableError:
+            log.warning("ratelimit.unavailable")
+            return True  # the per-address confirmation limit in the database still holds
+
     @app.get("/", response_class=HTMLResponse)
     @app.get("/subscribe", response_class=HTMLResponse)
     def subscribe_form(sequence: str = "") -> HTMLResponse:
@@ -94,7 +103,7 @@ def create_app(runtime: Runtime, *, broker_ok: Callable[[], bool] = lambda: True
     ) -> HTMLResponse:
         values = {"email": email, "name": name, "sequence": sequence, "timezone": timezone}
         client = request.client.host if request.client else "unknown"
-        if not limiter.allow(client, utcnow()):
+        if not allowed(client):
             return form(429, t("error.rate"), **values)
         req = signup.SignupRequest(
             email=email,
@@ -171,3 +180,14 @@ def create_app(runtime: Runtime, *, broker_ok: Callable[[], bool] = lambda: True
     if isinstance(transport, MaildirTransport):
         outbox.mount(app, transport, page, t)
     return app
+
+
+def from_environment() -> FastAPI:
+    """The app as each `mailer web --workers N` process builds it: settings from the environment."""
+    from mailer import logs, tasks  # noqa: PLC0415 (a fresh process: set it up like the CLI)
+    from mailer.config import load_settings  # noqa: PLC0415
+
+    logs.configure()
+    runtime = Runtime(load_settings())
+    tasks.configure(runtime)
+    return create_app(runtime, broker_ok=tasks.broker_ok)

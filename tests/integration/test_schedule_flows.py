@@ -9,15 +9,17 @@ from datetime import timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import pytest
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
-from mailer import signup
+from mailer import signup, store
 from mailer.db import session_scope
 from mailer.models import Delivery, Enrolment
 from mailer.runtime import Runtime
 from mailer.send.smtp import SMTPConnection, SMTPTransport
 from mailer.tokens import UnsubscribeClaim
-from tests.conftest import Sink, make_settings
+from tests.conftest import Sink
 from tests.helpers import EXAMPLE_TIMETABLE, arrivals, at, join, ledger, tick_through, timetable
 
 NEW_YORK = ZoneInfo("America/New_York")
@@ -158,53 +160,75 @@ def test_changed_day_applies_to_whoever_has_not_had_the_step(
     assert got["lesson-3"] == "12-05 09:00"
 
 
-class LeavingTransport(SMTPTransport):
-    """SMTP to the sink; the moment `trigger` is handed over, `leaver` unsubscribes."""
+def leave(runtime: Runtime, subscriber_id: int) -> None:
+    with session_scope(runtime.sessions) as session:
+        signup.unsubscribe(session, UnsubscribeClaim(subscriber_id, None), at("2026-12-02 09:00"))
 
-    def __init__(self, runtime: Runtime, sink: Sink, trigger: str, leaver: int) -> None:
+
+def test_unsubscribe_after_the_claim_skips_the_mail(
+    runtime: Runtime, sink: Sink, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader who leaves while their mail sits claimed in a batch does not get it."""
+    a = join(runtime, sink, "a@example.com", at("2026-12-01 10:00"))
+    b = join(runtime, sink, "b@example.com", at("2026-12-01 10:00"))
+    real_lock = store.lock_claimed
+
+    def leave_then_lock(session: Session, ids: list[int], worker: str) -> set[int]:
+        leave(runtime, b)  # committed after the claim, just before the worker's re-check
+        return real_lock(session, ids, worker)
+
+    monkeypatch.setattr(store, "lock_claimed", leave_then_lock)
+    runtime.tick(lambda: at("2026-12-02 09:00"))
+    assert ledger(runtime, a)["lesson-1"] == "sent"
+    assert ledger(runtime, b)["lesson-1"] == "skipped"
+    assert [s for s, _ in arrivals(sink, "b@example.com", home)] == ["welcome"]
+
+
+class LeavingTransport(SMTPTransport):
+    """SMTP to the sink; while `leaver`'s mail is being handed over, they unsubscribe."""
+
+    def __init__(self, runtime: Runtime, sink: Sink, leaver: int) -> None:
         super().__init__(host="127.0.0.1", port=sink.port)
-        self.runtime, self.trigger, self.leaver = runtime, trigger, leaver
+        self.runtime, self.leaver = runtime, leaver
+        self.unsubscribe = threading.Thread(target=leave, args=(runtime, leaver))
+        self.waited = False
 
     @contextmanager
     def session(self) -> Iterator[SMTPConnection]:
         with super().session() as connection:
             send = connection.send
 
-            def send_then_leave(sender: str, recipient: str, message: bytes) -> None:
+            def send_while_leaving(sender: str, recipient: str, message: bytes) -> None:
                 send(sender, recipient, message)
-                if recipient == self.trigger:
-                    with session_scope(self.runtime.sessions) as session:
-                        signup.unsubscribe(
-                            session, UnsubscribeClaim(self.leaver, None), at("2026-12-02 09:00")
-                        )
+                if not self.unsubscribe.is_alive() and not self.waited:
+                    self.unsubscribe.start()
+                    self.unsubscribe.join(0.5)
+                    self.waited = self.unsubscribe.is_alive()  # blocked by the group in flight
 
-            connection.send = send_then_leave  # type: ignore[method-assign]
+            connection.send = send_while_leaving  # type: ignore[method-assign]
             yield connection
 
 
-def test_unsubscribe_skips_mail_claimed_but_not_yet_sent(home: Path, database_url: str, sink: Sink) -> None:
-    """A reader who leaves while their mail sits claimed in a batch does not get it."""
-    site_file = home / "mailer.toml"
-    site_file.write_text(
-        site_file.read_text(encoding="utf-8").replace("commit_every = 20", "commit_every = 1"),
-        encoding="utf-8",
-    )
-    runtime = Runtime(make_settings(home, database_url, sink.url))
-    runtime.upgrade_db()
+def test_unsubscribe_during_a_send_waits_for_the_mail_in_flight(
+    runtime: Runtime, sink: Sink, home: Path
+) -> None:
+    """An unsubscribe that arrives while the reader's mail is with SMTP commits after that mail is
+    recorded as sent; nothing after it goes."""
     a = join(runtime, sink, "a@example.com", at("2026-12-01 10:00"))
-    b = join(runtime, sink, "b@example.com", at("2026-12-01 10:00"))
-    runtime.transport_override = LeavingTransport(runtime, sink, "a@example.com", b)
+    transport = LeavingTransport(runtime, sink, a)
+    runtime.transport_override = transport
     runtime.tick(lambda: at("2026-12-02 09:00"))
+    transport.unsubscribe.join(10)
+    assert transport.waited, "the unsubscribe did not wait for the mail in flight"
     assert ledger(runtime, a)["lesson-1"] == "sent"
-    assert ledger(runtime, b)["lesson-1"] == "skipped"
-    assert [s for s, _ in arrivals(sink, "b@example.com", home)] == ["welcome"]
-    runtime.engine.dispose()
+    runtime.transport_override = None
+    tick_through(runtime, at("2026-12-02 09:00"), at("2026-12-16 10:00"))
+    # the lesson that was in flight, and nothing after it
+    assert [s for s, _ in arrivals(sink, "a@example.com", home)] == ["welcome", "lesson-1"]
 
 
 def test_lapsed_lease_is_reclaimed_and_sent_once(runtime: Runtime, sink: Sink, home: Path) -> None:
     """Rows claimed by a worker that died are sent by the next one after the lease, exactly once."""
-    from mailer import store
-
     join(runtime, sink, "lease@example.com", at("2026-12-01 10:00"))
     runtime.plan(at("2026-12-02 09:00"))
     with session_scope(runtime.sessions) as session:  # a worker claims, then dies
