@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 _SUPPRESS_ENHANCED = re.compile(r"\b5\.(?:1\.\d{1,3}|2\.1)\b")
 _ENHANCED = re.compile(r"\b[245]\.\d{1,3}\.\d{1,3}\b")
 MAX_SLEEP = 1.0  # a rate-limit wait up to this long is slept through; a longer one defers the row
+RECORD_PATIENCE = 600.0  # how long mail SMTP took waits for the database to record it as sent
 LIMITER_DOWN_WAIT = 10.0  # Redis unreachable: put mail off rather than risk the relay's limits
 
 
@@ -308,8 +309,10 @@ class Deliverer:
             time.sleep(wait)
 
     def _record_when_back(self, outcomes: Outcomes, token: str, now: datetime, catalog: Catalog) -> Report:
-        deadline = time.monotonic() + self.site.delivery.lease.total_seconds()
-        pause = 0.5
+        # Past the lease another worker may send these rows again once the database is back;
+        # recording them first is still right (a reclaimed row no longer matches our token).
+        deadline = time.monotonic() + max(RECORD_PATIENCE, self.site.delivery.lease.total_seconds())
+        pause = 0.25
         while True:
             report = Report()
             try:
@@ -317,10 +320,10 @@ class Deliverer:
                     self._record(session, outcomes, token, now, catalog, report)
             except OperationalError:
                 if time.monotonic() + pause > deadline:
-                    raise  # the lease lapses: these rows go again (at most this group twice)
+                    raise  # these rows go again when their lease lapses: this group twice at most
                 log.warning("delivery.record_waiting sent=%s", len(outcomes.sent))
                 time.sleep(pause)
-                pause = min(pause * 2, 5.0)
+                pause = min(pause * 2, 1.0)
             else:
                 return report
 

@@ -233,10 +233,16 @@ def apply_edits(session: Session, site: Site, catalog: Catalog, now: datetime) -
     reaches nobody who has not had it; a changed day applies to whoever has not had it yet.
     Cursors with a step already in the ledger are left alone: that row moves them when it is done.
     """
-    applied = {v.sequence_id: v for v in session.scalars(select(SequenceVersion))}
+    applied = {v.sequence_id: v.fingerprint for v in session.scalars(select(SequenceVersion))}
+    if all(applied.get(s.id) == s.fingerprint for s in catalog.sequences.values()):
+        return 0
+    # Two schedulers may see the same edit: one applies it, the other then finds it applied.
+    store.lock_named(session, "apply_edits")
+    session.expire_all()
+    applied_versions = {v.sequence_id: v for v in session.scalars(select(SequenceVersion))}
     moved = 0
     for sequence in catalog.sequences.values():
-        version = applied.get(sequence.id)
+        version = applied_versions.get(sequence.id)
         if version is not None and version.fingerprint == sequence.fingerprint:
             continue
         in_flight = select(Delivery.enrolment_id).where(

@@ -23,6 +23,13 @@ def _skip_locked(session: Session, query: Select[Any]) -> Select[Any]:
     return query
 
 
+def lock_named(session: Session, name: str) -> None:
+    """One transaction at a time holds `name` until it ends (PostgreSQL advisory lock; on SQLite
+    every writing transaction already holds the database)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(func.pg_advisory_xact_lock(func.hashtext(name))))
+
+
 def claim_deliveries(
     session: Session, *, now: datetime, limit: int, worker: str, lease: timedelta
 ) -> list[int]:

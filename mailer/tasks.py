@@ -57,7 +57,9 @@ def configure(runtime: Runtime) -> Celery:
                 "options": {"expires": max(30.0, runtime.site.delivery.tick_seconds * 6)},
             }
         },
-        beat_schedule_filename=str(settings.instance_dir / "beat-schedule"),
+        # Kept in memory, no schedule file: a missed tick is harmless and several beat processes
+        # (on one host or many) have nothing to share or corrupt.
+        beat_scheduler="celery.beat:Scheduler",
     )
     runtime.wake = wake
     return app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import email
 import email.policy
@@ -101,6 +102,7 @@ class SinkHandler:
         # A fault answers instead of accepting: called with the recipient, returns a reply or None.
         self.rcpt_fault: Callable[[str], str | None] = lambda _rcpt: None
         self.data_fault: Callable[[list[str]], str | None] = lambda _rcpts: None
+        self.delay = 0.0  # seconds each DATA takes: a slower relay, so a send lasts long enough
         self.lock = threading.Lock()
 
     async def handle_EHLO(
@@ -121,6 +123,8 @@ class SinkHandler:
         return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.delay:
+            await asyncio.sleep(self.delay)
         reply = self.data_fault(list(envelope.rcpt_tos))
         if reply:
             return reply
