@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
-from typing import Self
+from typing import Any, Self
 
 from jinja2 import TemplateError
 from sqlalchemy import select, update
@@ -27,7 +27,7 @@ from mailer import schedule, store
 from mailer.config import Site
 from mailer.db import session_scope
 from mailer.errors import DeliveryError, PermanentDeliveryError
-from mailer.models import Delivery, Enrolment, Subscriber
+from mailer.models import Delivery, DeliveryAttempt, Enrolment, Subscriber
 from mailer.ratelimit import Limiter, LimiterUnavailableError, LocalLimiter
 from mailer.render import MailTemplate, Recipient, Renderer
 from mailer.send import Connection, Transport
@@ -67,6 +67,35 @@ class Report:
         return self
 
 
+# What preparing a claimed row reads, in one query for the batch (no ORM objects on the send path).
+CLAIMED = (
+    Delivery.id,
+    Delivery.kind,
+    Delivery.sequence_id,
+    Delivery.step_id,
+    Delivery.subscriber_id,
+    Subscriber.email,
+    Subscriber.name,
+    Subscriber.state.label("subscriber_state"),
+    Subscriber.timezone,
+    Delivery.enrolment_id,
+    Enrolment.state.label("enrolment_state"),
+    Enrolment.confirm_nonce,
+)
+# What moving a cursor past a sent step reads, in the order of enrolment.Sent.
+SENT = (
+    Enrolment.id,
+    Enrolment.state,
+    Enrolment.entered_at,
+    Enrolment.shift_days,
+    Delivery.sequence_id,
+    Delivery.step_id,
+    Delivery.due_at,
+    Subscriber.id,
+    Subscriber.timezone,
+)
+
+
 @dataclass
 class Outcomes:
     """What SMTP (or the rate limits) made of a group."""
@@ -84,6 +113,14 @@ class Job:
     subscriber_id: int
     recipient: str
     message: bytes
+
+
+def _attempt(
+    session: Session, delivery: Delivery, now: datetime, code: int | None, text: str, outcome: str
+) -> None:
+    session.add(
+        DeliveryAttempt(delivery_id=delivery.id, at=now, code=code, text=text[:1000], outcome=outcome)
+    )
 
 
 class Deliverer:
@@ -135,14 +172,14 @@ class Deliverer:
         jobs: list[Job] = []
         with session_scope(self.sessions) as session:
             rows = session.execute(
-                select(Delivery, Subscriber, Enrolment)
+                select(*CLAIMED)
                 .join(Subscriber, Delivery.subscriber_id == Subscriber.id)
                 .outerjoin(Enrolment, Delivery.enrolment_id == Enrolment.id)
                 .where(Delivery.id.in_(ids), Delivery.claimed_by == token)
                 .order_by(Delivery.id)
             ).all()
-            for delivery, subscriber, enrolment in rows:
-                job = self._prepare(session, catalog, templates, delivery, subscriber, enrolment, now, report)
+            for row in rows:
+                job = self._prepare(session, catalog, templates, row, now, report)
                 if job is not None:
                     jobs.append(job)
         size = max(1, self.site.delivery.commit_every)
@@ -155,80 +192,88 @@ class Deliverer:
         session: Session,
         catalog: Catalog,
         templates: dict[tuple[str, ...], MailTemplate],
-        delivery: Delivery,
-        subscriber: Subscriber,
-        enrolment: Enrolment | None,
+        row: Any,  # a Row of CLAIMED
         now: datetime,
         report: Report,
     ) -> Job | None:
         """Render a claimed row, or settle it here: skipped, deferred by quiet hours, or retried."""
-        sequence = catalog.get(delivery.sequence_id)
+        sequence = catalog.get(row.sequence_id)
         extra: dict[str, object] = {}
-        if delivery.kind == "confirm":
-            if enrolment is None or enrolment.state != "pending" or enrolment.confirm_nonce is None:
-                self._skip(delivery, "not_pending", report)
+        if row.kind == "confirm":
+            if row.enrolment_state != "pending" or row.confirm_nonce is None:
+                self._skip(session.get_one(Delivery, row.id), "not_pending", report)
                 return None
             if sequence is None:
-                self._skip(delivery, "sequence_removed", report)
+                self._skip(session.get_one(Delivery, row.id), "sequence_removed", report)
                 return None
             key: tuple[str, ...] = ("confirm", sequence.id)
             if key not in templates:
                 templates[key] = self.renderer.confirm(sequence)
-            token = self.renderer.tokens.confirm(enrolment.id, enrolment.confirm_nonce)
+            token = self.renderer.tokens.confirm(row.enrolment_id, row.confirm_nonce)
             extra = {
                 "confirm_url": f"{self.renderer.base_url}/confirm/{token}",
                 "confirm_days": self.site.signup.confirm_days,
             }
         else:
-            if subscriber.state != "confirmed":
-                self._skip(delivery, subscriber.state, report)
+            if row.subscriber_state != "confirmed":
+                self._skip(session.get_one(Delivery, row.id), row.subscriber_state, report)
                 return None
-            if enrolment is None or enrolment.state != "active":
-                self._skip(delivery, "not_enrolled", report)
+            if row.enrolment_state != "active":
+                self._skip(session.get_one(Delivery, row.id), "not_enrolled", report)
                 return None
-            step = sequence.step(delivery.step_id) if sequence else None
+            step = sequence.step(row.step_id) if sequence else None
             if sequence is None or step is None:
                 # A step removed from the file is sent to no one who has not had it.
+                delivery = session.get_one(Delivery, row.id)
                 self._skip(delivery, "step_removed", report)
+                subscriber = session.get_one(Subscriber, row.subscriber_id)
+                enrolment = session.get_one(Enrolment, row.enrolment_id)
                 cursor.after_sent(session, self.site, catalog, subscriber, enrolment, delivery, now)
                 return None
             if not step.immediate:
-                zone = schedule.zone_for(subscriber.timezone, sequence.timezone)
+                zone = schedule.zone_for(row.timezone, sequence.timezone)
                 held = schedule.hold_for_quiet_hours(now, zone, self.site.quiet_hours)
                 if held > now:  # late into the quiet hours: wait for the morning
-                    delivery.state, delivery.available_at, delivery.claimed_by = (
-                        "pending",
-                        held,
-                        None,
-                    )
+                    delivery = session.get_one(Delivery, row.id)
+                    delivery.state, delivery.available_at, delivery.claimed_by = "pending", held, None
                     report.deferred += 1
                     return None
             key = ("step", sequence.id, step.id)
             if key not in templates:
                 templates[key] = self.renderer.step(sequence, step)
-        recipient = Recipient(delivery.id, subscriber.id, subscriber.email, subscriber.name)
+        recipient = Recipient(row.id, row.subscriber_id, row.email, row.name)
         try:
             message = templates[key].render(recipient, now, **extra)
         except (TemplateError, OSError) as exc:
             # A template broken after `sequences check`: keep the mail, retry once it is fixed. No
             # traceback in the log: it may quote the content; the row keeps the error text.
-            log.error("delivery.render_failed delivery_id=%s error=%s", delivery.id, type(exc).__name__)  # noqa: TRY400
-            self._retry(delivery, f"render: {exc}", now, report)
+            log.error("delivery.render_failed delivery_id=%s error=%s", row.id, type(exc).__name__)  # noqa: TRY400
+            self._retry(session, session.get_one(Delivery, row.id), f"render: {exc}", None, now, report)
             return None
-        return Job(delivery.id, subscriber.id, subscriber.email, message)
+        return Job(row.id, row.subscriber_id, row.email, message)
 
     def _skip(self, delivery: Delivery, reason: str, report: Report) -> None:
         delivery.state, delivery.skip_reason, delivery.claimed_by = "skipped", reason, None
         report.skipped += 1
         log.info("delivery.skipped delivery_id=%s reason=%s", delivery.id, reason)
 
-    def _retry(self, delivery: Delivery, error: str, now: datetime, report: Report) -> None:
+    def _retry(
+        self,
+        session: Session,
+        delivery: Delivery,
+        error: str,
+        code: int | None,
+        now: datetime,
+        report: Report,
+    ) -> None:
         """A temporary failure: back to pending with backoff, until the attempts run out."""
         settings = self.site.delivery
         delivery.attempts += 1
         delivery.last_error = error[:1000]
         delivery.claimed_by = None
-        if delivery.attempts >= settings.max_attempts:
+        gave_up = delivery.attempts >= settings.max_attempts
+        _attempt(session, delivery, now, code, error, "failed" if gave_up else "retry")
+        if gave_up:
             delivery.state = "failed"
             report.failed += 1
             log.warning("delivery.failed delivery_id=%s attempts=%s", delivery.id, delivery.attempts)
@@ -338,23 +383,24 @@ class Deliverer:
     ) -> None:
         sent = [job.delivery_id for job in outcomes.sent]
         if sent:
-            session.execute(
+            marked = session.scalars(
                 update(Delivery)
                 .where(Delivery.id.in_(sent), Delivery.claimed_by == token)
-                .values(state="sent", sent_at=now, claimed_by=None, attempts=Delivery.attempts + 1),
+                .values(state="sent", sent_at=now, claimed_by=None, attempts=Delivery.attempts + 1)
+                .returning(Delivery.id),
                 execution_options={"synchronize_session": False},
-            )
+            ).all()
             report.sent += len(sent)
-            for delivery_id in sent:
-                log.info("delivery.sent delivery_id=%s", delivery_id)
+            log.debug("delivery.sent delivery_ids=%s", sent)
             moved = session.execute(
-                select(Delivery, Subscriber, Enrolment)
+                select(*SENT)
                 .join(Subscriber, Delivery.subscriber_id == Subscriber.id)
                 .join(Enrolment, Delivery.enrolment_id == Enrolment.id)
-                .where(Delivery.id.in_(sent), Delivery.kind == "step", Delivery.state == "sent")
+                .where(Delivery.id.in_(marked), Delivery.kind == "step", Enrolment.entered_at.is_not(None))
             ).all()
-            for delivery, subscriber, enrolment in moved:
-                cursor.after_sent(session, self.site, catalog, subscriber, enrolment, delivery, now)
+            # entered_at and step_id are never NULL here: the query asks for step rows of entered cursors
+            group = [cursor.Sent(*row) for row in moved]  # type: ignore[arg-type]
+            cursor.move_past_sent(session, self.site, catalog, group, now)
         for job, until in outcomes.throttled:
             session.execute(
                 update(Delivery)
@@ -370,7 +416,7 @@ class Deliverer:
             if isinstance(error, PermanentDeliveryError):
                 self._fail(session, failed, error, now, catalog, report)
             else:
-                self._retry(failed, str(error), now, report)
+                self._retry(session, failed, str(error), error.code, now, report)
 
     def _fail(
         self,
@@ -385,6 +431,7 @@ class Deliverer:
         delivery.state, delivery.claimed_by = "failed", None
         delivery.attempts += 1
         delivery.last_error = str(error)[:1000]
+        _attempt(session, delivery, now, error.code, str(error), "failed")
         report.failed += 1
         log.warning("delivery.failed delivery_id=%s code=%s", delivery.id, error.code)
         subscriber = session.get(Subscriber, delivery.subscriber_id)

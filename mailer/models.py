@@ -109,6 +109,22 @@ class Delivery(Base):
     sent_at: Mapped[datetime | None]
 
 
+class DeliveryAttempt(Base):
+    """A try that did not deliver: the relay's code and words (or why it never reached SMTP).
+
+    Kept for the operator; the ledger row holds the outcome. Accepted mail adds no row here.
+    """
+
+    __tablename__ = "delivery_attempts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    delivery_id: Mapped[int] = mapped_column(ForeignKey("deliveries.id"), index=True)
+    at: Mapped[datetime]
+    code: Mapped[int | None]  # the SMTP reply code; NULL when there was none (a lost connection)
+    text: Mapped[str] = mapped_column(Text)
+    outcome: Mapped[str] = mapped_column(String(16))  # retry (later) or failed (for good)
+
+
 class SequenceVersion(Base):
     """The fingerprint of each seminar file as last applied: an edit re-plans its cursors once."""
 

@@ -84,6 +84,13 @@ class Runtime:
             limiter=self.limiter,
         )
 
+    def close(self) -> None:
+        """Let go of pooled SMTP sessions and database connections (a process shutting down)."""
+        if "configured_transport" in self.__dict__:
+            self.configured_transport.close()
+        if "engine" in self.__dict__:
+            self.engine.dispose()
+
     def upgrade_db(self) -> None:
         upgrade(self.engine)
 

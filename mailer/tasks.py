@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from celery import Celery
+from celery import Celery, signals
 from sqlalchemy.exc import OperationalError
 
 from mailer.config import Settings
@@ -62,7 +62,13 @@ def configure(runtime: Runtime) -> Celery:
         beat_scheduler="celery.beat:Scheduler",
     )
     runtime.wake = wake
+    signals.worker_shutdown.connect(_close_runtime, weak=False, dispatch_uid="mailer.close_runtime")
     return app
+
+
+def _close_runtime(**_: object) -> None:
+    if _runtime is not None:
+        _runtime.close()
 
 
 def runtime() -> Runtime:

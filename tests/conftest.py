@@ -103,6 +103,7 @@ class SinkHandler:
         self.rcpt_fault: Callable[[str], str | None] = lambda _rcpt: None
         self.data_fault: Callable[[list[str]], str | None] = lambda _rcpts: None
         self.delay = 0.0  # seconds each DATA takes: a slower relay, so a send lasts long enough
+        self.pipelining = True  # announce PIPELINING (RFC 2920), as real relays do
         self.lock = threading.Lock()
 
     async def handle_EHLO(
@@ -111,6 +112,8 @@ class SinkHandler:
         session.host_name = hostname
         with self.lock:
             self.connections += 1
+        if self.pipelining:
+            responses.insert(-1, "250-PIPELINING")
         return responses
 
     async def handle_RCPT(
@@ -198,7 +201,7 @@ def runtime(home: Path, database_url: str, sink: Sink) -> Iterator[Runtime]:
     try:
         yield rt
     finally:
-        rt.engine.dispose()
+        rt.close()
 
 
 @contextlib.contextmanager

@@ -23,6 +23,9 @@ class Transport(Protocol):
 
     def session(self) -> AbstractContextManager[Connection]: ...
 
+    def close(self) -> None:
+        """Let go of what the transport keeps between sessions (pooled SMTP sessions)."""
+
 
 def transport_from_url(url: str, home: Path) -> Transport:
     from mailer.send.maildir import MaildirTransport  # noqa: PLC0415 (each transport loads what it needs)

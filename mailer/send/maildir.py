@@ -34,3 +34,6 @@ class MaildirTransport:
     @contextmanager
     def session(self) -> Iterator[MaildirConnection]:
         yield MaildirConnection(self.box())
+
+    def close(self) -> None:
+        """Nothing is kept between sessions."""

@@ -55,7 +55,7 @@ def stack(home: Path, chaos_postgres: PostgresServer, sink: Sink, tmp_path: Path
     with redis_server() as redis:
         stack = Stack(home, chaos_postgres, chaos_postgres.new_database(), redis, sink, logs)
         yield stack
-        stack.runtime.engine.dispose()
+        stack.runtime.close()
 
 
 def addresses(count: int) -> list[str]:

@@ -144,7 +144,7 @@ def test_tick_and_stats(home: Path, sink: Sink) -> None:
     rt = Runtime(Settings(_env_file=None, database_url=db, home=home, smtp_url=sink.url, secret_key=SECRET))  # type: ignore[call-arg]
     rt.upgrade_db()
     join(rt, sink, "cli@example.com", at("2026-12-01 10:00"))
-    rt.engine.dispose()
+    rt.close()
     result = mailer(home, "tick", "--now", "2026-12-02T09:00:00+09:00", db=db, smtp=sink.url)
     assert result.returncode == 0, result.stderr
     assert "planned 1, sent 1" in result.stdout

@@ -121,7 +121,7 @@ def test_two_workers_share_a_domain_limit_while_sending(
     assert len(times) == 20
     # evenly paced: any ten in a row span about a second (two unshared buckets: half that)
     assert min(later - first for first, later in zip(times, times[10:], strict=False)) > 0.8
-    runtime.engine.dispose()
+    runtime.close()
 
 
 def test_a_long_wait_puts_the_mail_off_without_an_attempt(
@@ -131,7 +131,7 @@ def test_a_long_wait_puts_the_mail_off_without_an_attempt(
     domain = f"minute{free_port()}.example"
     unlimited = limited_runtime(home, database_url, sink, redis.url, "")
     ids = [join(unlimited, sink, f"{name}@{domain}", at("2026-12-01 10:00")) for name in ("a", "b")]
-    unlimited.engine.dispose()
+    unlimited.close()
     sink.clear()
     limits = f'[limits]\n[[limits.domains]]\ndomains = ["{domain}"]\nrates = ["1/m"]\n'
     runtime = limited_runtime(home, database_url, sink, redis.url, limits)
@@ -142,7 +142,7 @@ def test_a_long_wait_puts_the_mail_off_without_an_attempt(
     assert late.attempts == 0
     assert late.available_at is not None
     assert timedelta(seconds=30) < late.available_at - at("2026-12-02 09:00") <= timedelta(minutes=1)
-    runtime.engine.dispose()
+    runtime.close()
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ssl
 import subprocess
 from collections.abc import Iterator
+from contextlib import closing
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -91,7 +92,7 @@ def test_starttls_and_auth_deliver(tls_sink: tuple[Sink, str]) -> None:
     transport = transport_from_url(
         f"smtp://mailer:s3cret@127.0.0.1:{sink.port}?starttls=1&cafile={cafile}", Path()
     )
-    with transport.session() as connection:
+    with closing(transport), transport.session() as connection:
         connection.send("a@example.jp", "b@example.com", MESSAGE)
     assert [r.recipients for r in sink.received] == [["b@example.com"]]
 
@@ -102,8 +103,10 @@ def test_wrong_password_is_a_temporary_failure(tls_sink: tuple[Sink, str]) -> No
     # Real relays answer 535 and smtplib reports it; aiosmtpd stalls when smtplib falls back to
     # a second mechanism, so a short timeout ends it. Either way: kept for later, nothing sent.
     url = f"smtp://mailer:wrong@127.0.0.1:{sink.port}?starttls=1&cafile={cafile}&timeout=2"
+    transport = transport_from_url(url, Path())
     with (
-        transport_from_url(url, Path()).session() as connection,
+        closing(transport),
+        transport.session() as connection,
         pytest.raises(TransientDeliveryError),
     ):
         connection.send("a@example.jp", "b@example.com", MESSAGE)
@@ -115,6 +118,7 @@ def test_untrusted_certificate_is_refused(tls_sink: tuple[Sink, str]) -> None:
     sink, _ = tls_sink
     transport = transport_from_url(f"smtp://mailer:s3cret@127.0.0.1:{sink.port}?starttls=1", Path())
     with (
+        closing(transport),
         transport.session() as connection,
         pytest.raises(TransientDeliveryError, match="CERTIFICATE_VERIFY_FAILED"),
     ):
@@ -131,7 +135,8 @@ def test_smtps_implicit_tls(certificate: tuple[Path, Path]) -> None:
     controller = Controller(handler, hostname="127.0.0.1", port=port, ssl_context=context)
     controller.start()
     try:
-        with transport_from_url(f"smtps://127.0.0.1:{port}?cafile={cert}", Path()).session() as connection:
+        transport = transport_from_url(f"smtps://127.0.0.1:{port}?cafile={cert}", Path())
+        with closing(transport), transport.session() as connection:
             connection.send("a@example.jp", "b@example.com", MESSAGE)
     finally:
         controller.stop()
@@ -145,7 +150,7 @@ def test_one_connection_carries_many_mails_and_survives_refusals(sink: Sink) -> 
     sink.handler.data_fault = lambda rcpts: "451 4.3.0 try later" if rcpts[0].startswith("busy") else None
     transport = SMTPTransport(host="127.0.0.1", port=sink.port)
     outcomes = []
-    with transport.session() as connection:
+    with closing(transport), transport.session() as connection:
         for rcpt in [
             "r0@example.com",
             "busy@example.com",
@@ -175,7 +180,8 @@ def test_reconnects_after_the_server_drops_the_session() -> None:
     port = free_port()
     controller = Controller(handler, hostname="127.0.0.1", port=port)
     controller.start()
-    with SMTPTransport(host="127.0.0.1", port=port, timeout=5).session() as connection:
+    transport = SMTPTransport(host="127.0.0.1", port=port, timeout=5)
+    with closing(transport), transport.session() as connection:
         connection.send("a@example.jp", "b@example.com", MESSAGE)
         controller.stop()
         with pytest.raises(TransientDeliveryError):
@@ -185,6 +191,68 @@ def test_reconnects_after_the_server_drops_the_session() -> None:
         connection.send("a@example.jp", "b@example.com", MESSAGE)
     controller.stop()
     assert len(handler.received) == 2
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+def test_the_pool_reuses_a_session_across_tasks_and_replaces_one_the_server_closed(
+    pipelining: bool,
+) -> None:
+    """Sessions outlive a task; a pooled one the relay has closed meanwhile is replaced unseen."""
+    handler = SinkHandler()
+    handler.pipelining = pipelining
+    port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    transport = SMTPTransport(host="127.0.0.1", port=port, timeout=5)
+    try:
+        for task in range(3):  # three deliver tasks, one after the other
+            with transport.session() as connection:
+                connection.send("a@example.jp", f"t{task}@example.com", MESSAGE)
+        assert handler.connections == 1
+        controller.stop()  # the relay closes every session (a restart, an idle timeout)
+        controller = Controller(handler, hostname="127.0.0.1", port=port)
+        controller.start()
+        with transport.session() as connection:
+            connection.send("a@example.jp", "after@example.com", MESSAGE)
+        assert handler.connections == 2
+    finally:
+        transport.close()
+        controller.stop()
+    assert [r.recipients[0] for r in handler.received] == [
+        "t0@example.com",
+        "t1@example.com",
+        "t2@example.com",
+        "after@example.com",
+    ]
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+def test_a_refused_sender_or_recipient_leaves_the_session_clean(
+    pipelining: bool,
+    sink: Sink,
+) -> None:
+    """After a 550 at MAIL or RCPT (and RSET) the next mail goes: no "503 sender already specified"."""
+    sink.handler.pipelining = pipelining
+    sink.handler.rcpt_fault = lambda rcpt: "550 5.1.1 no such user" if rcpt.startswith("gone") else None
+    transport = SMTPTransport(host="127.0.0.1", port=sink.port)
+    with closing(transport), transport.session() as connection:
+        with pytest.raises(PermanentDeliveryError, match=r"5\.1\.1"):
+            connection.send("a@example.jp", "gone@example.com", MESSAGE)
+        connection.send("a@example.jp", "here@example.com", MESSAGE)
+        with pytest.raises(PermanentDeliveryError, match=r"^5"):
+            connection.send("bad sender@", "here@example.com", MESSAGE)
+        connection.send("a@example.jp", "again@example.com", MESSAGE)
+    assert [r.recipients[0] for r in sink.received] == ["here@example.com", "again@example.com"]
+    assert sink.handler.connections == 1
+
+
+def test_a_line_starting_with_a_dot_arrives_intact(sink: Sink) -> None:
+    """Dot-stuffing (RFC 5321 4.5.2): a body line "." or ".x" is not the end of the mail."""
+    message = MESSAGE + b".\r\n..two\r\n.end\r\n"
+    transport = SMTPTransport(host="127.0.0.1", port=sink.port)
+    with closing(transport), transport.session() as connection:
+        connection.send("a@example.jp", "b@example.com", message)
+    assert sink.received[0].data.replace(b"\n", b"\r\n").replace(b"\r\r\n", b"\r\n") == message
 
 
 def test_a_4xx_waits_in_the_ledger_then_goes(runtime: Runtime, sink: Sink) -> None:

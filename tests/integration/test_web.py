@@ -344,7 +344,7 @@ def test_english_locale_serves_english_pages(home, database_url: str, sink: Sink
         assert "Please check your inbox" in post(url, email="en@example.com").text
     rt.tick(now)
     assert "You receive this mail because" in text_of(sink.to("en@example.com")[0])
-    rt.engine.dispose()
+    rt.close()
 
 
 def test_simultaneous_sign_ups_of_one_new_address_both_succeed(runtime: Runtime, live: str) -> None:

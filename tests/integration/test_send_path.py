@@ -1,0 +1,186 @@
+"""The fast send path: mail assembled from prebuilt bytes is the mail the email package would build;
+failures are written to the ledger; rows are marked sent in small groups right after SMTP."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from mailer.db import session_scope
+from mailer.models import DeliveryAttempt
+from mailer.render import MailTemplate, Recipient
+from mailer.runtime import Runtime
+from mailer.send.smtp import SMTPConnection, SMTPTransport
+from tests.conftest import Sink, make_settings
+from tests.helpers import at, join, ledger, ledger_row
+
+NOW = datetime(2026, 12, 1, 0, 0, tzinfo=UTC)
+READERS = [
+    Recipient(1, 11, "taro@example.com", "山田 太郎"),
+    Recipient(2, 12, "plain@example.com", "Taro Yamada"),
+    Recipient(3, 13, "quoted@example.com", 'Yamada, "Taro" <T>'),
+    Recipient(4, 14, "long@example.com", "長い名前の読者" * 9),  # several RFC 2047 words
+    Recipient(5, 15, "noname@example.com", ""),
+    Recipient(6, 16, "html@example.com", "<b>&'\"</b>"),  # escaped in the HTML part
+    Recipient(7, 17, "spaced@example.com", "  edge  "),  # not plain: rendered in full
+]
+
+
+def parsed(data: bytes) -> EmailMessage:
+    return email.message_from_bytes(data, policy=email.policy.default)  # type: ignore[return-value]
+
+
+def assert_same_mail(fast: bytes, slow: bytes) -> None:
+    """Equal as a mail client reads them: every header (the MIME boundary aside) and every part."""
+    a, b = parsed(fast), parsed(slow)
+    assert a.keys() == b.keys()
+    for name in b:
+        if name != "Content-Type" or not b.is_multipart():
+            assert str(a[name]) == str(b[name]), name
+    a_parts, b_parts = list(a.walk()), list(b.walk())
+    assert [p.get_content_type() for p in a_parts] == [p.get_content_type() for p in b_parts]
+    for x, y in zip(a_parts, b_parts, strict=True):
+        if not x.is_multipart():
+            assert x.get_content() == y.get_content()
+            assert x["Content-Transfer-Encoding"] == y["Content-Transfer-Encoding"]
+    lines = fast.split(b"\r\n")
+    assert lines[-1] == b""
+    assert all(len(line) <= 998 and b"\n" not in line for line in lines)  # CRLF only, short lines
+    assert fast.isascii()
+
+
+def templates(runtime: Runtime) -> Iterator[tuple[MailTemplate, dict[str, object]]]:
+    catalog = runtime.catalog()
+    for sequence in catalog.sequences.values():
+        for step in sequence.steps:
+            yield runtime.renderer.step(sequence, step), {}
+        yield (
+            runtime.renderer.confirm(sequence),
+            {"confirm_url": "http://x.test/confirm/abc", "confirm_days": 7},
+        )
+
+
+def test_the_prebuilt_mail_parses_as_the_email_package_builds_it(runtime: Runtime) -> None:
+    for template, extra in templates(runtime):
+        for reader in READERS:
+            assert_same_mail(
+                template.render(reader, NOW, **extra), template.message(reader, NOW, **extra).as_bytes()
+            )
+
+
+def test_japanese_subject_and_body_read_back(runtime: Runtime) -> None:
+    sequence = runtime.catalog().get("web-business")
+    assert sequence is not None
+    step = sequence.step("lesson-1")
+    assert step is not None
+    mail = parsed(runtime.renderer.step(sequence, step).render(READERS[0], NOW))
+    assert str(mail["Subject"]) == "【第1回】最初の一歩は「テーマ選び」から"
+    assert mail["To"].addresses[0].display_name == "山田 太郎"
+    text = mail.get_body(("plain",))
+    html = mail.get_body(("html",))
+    assert text is not None
+    assert html is not None
+    assert "山田 太郎さん、こんにちは。" in text.get_content()
+    assert "/unsubscribe/" in text.get_content()
+    assert "山田 太郎さん" in html.get_content()
+
+
+def test_a_text_only_step_and_a_template_that_transforms_the_name(home: Path, runtime: Runtime) -> None:
+    """No body.html: a single text/plain part. A filter on the name: rendered per reader, still right."""
+    folder = home / "templates" / "mail" / "web-business" / "lesson-2"
+    (folder / "body.html").unlink()
+    folder = home / "templates" / "mail" / "web-business" / "lesson-3"
+    (folder / "body.txt").write_text("{{ name|upper }} / {{ name|length }}\n", encoding="utf-8")
+    sequence = runtime.catalog().get("web-business")
+    assert sequence is not None
+    for step_id in ("lesson-2", "lesson-3"):
+        step = sequence.step(step_id)
+        assert step is not None
+        template = runtime.renderer.step(sequence, step)
+        for reader in READERS:
+            assert_same_mail(template.render(reader, NOW), template.message(reader, NOW).as_bytes())
+    reader = READERS[1]
+    step = sequence.step("lesson-3")
+    assert step is not None
+    body = parsed(runtime.renderer.step(sequence, step).render(reader, NOW)).get_body(("plain",))
+    assert body is not None
+    assert "TARO YAMADA / 11" in body.get_content()
+    assert not parsed(runtime.renderer.step(sequence, sequence.steps[2]).render(reader, NOW)).is_multipart()
+
+
+def test_each_failed_attempt_is_recorded_for_the_operator(runtime: Runtime, sink: Sink) -> None:
+    """A 421 then a 550: the ledger keeps each reply's code and text, and what came of it."""
+    sid = join(runtime, sink, "tries@example.com", at("2026-12-01 10:00"))
+    sink.handler.data_fault = lambda _rcpts: "421 4.7.0 Slow down please"
+    runtime.tick(lambda: at("2026-12-02 09:00"))
+    sink.handler.data_fault = lambda _rcpts: None
+    sink.handler.rcpt_fault = lambda _rcpt: "550 5.1.1 Mailbox unknown"
+    runtime.tick(lambda: at("2026-12-02 10:00"))
+    row = ledger_row(runtime, sid, "lesson-1")
+    with session_scope(runtime.sessions) as session:
+        attempts = session.execute(
+            select(DeliveryAttempt.code, DeliveryAttempt.text, DeliveryAttempt.outcome)
+            .where(DeliveryAttempt.delivery_id == row.id)
+            .order_by(DeliveryAttempt.id)
+        ).all()
+    assert [(code, outcome) for code, _, outcome in attempts] == [(421, "retry"), (550, "failed")]
+    assert "Slow down please" in attempts[0][1]
+    assert "5.1.1 Mailbox unknown" in attempts[1][1]
+    assert (row.state, row.attempts) == ("failed", 2)
+
+
+class Crash(BaseException):
+    """The worker process dies: not an error any code path handles."""
+
+
+class CrashingTransport(SMTPTransport):
+    """SMTP to the sink, until the `after`-th mail has been handed over: then the worker dies."""
+
+    def __init__(self, sink: Sink, after: int) -> None:
+        super().__init__(host="127.0.0.1", port=sink.port)
+        self.after = after
+        self.sent = 0
+
+    @contextmanager
+    def session(self) -> Iterator[SMTPConnection]:
+        with super().session() as connection:
+            send = connection.send
+
+            def send_then_crash(sender: str, recipient: str, message: bytes) -> None:
+                send(sender, recipient, message)
+                self.sent += 1
+                if self.sent == self.after:
+                    raise Crash
+
+            connection.send = send_then_crash  # type: ignore[method-assign]
+            yield connection
+
+
+def test_a_crash_resends_at_most_the_group_in_flight(home: Path, database_url: str, sink: Sink) -> None:
+    """Rows are marked sent every `commit_every` mails: a crash after 25 leaves 5 to send again."""
+    runtime = Runtime(make_settings(home, database_url, sink.url))
+    runtime.upgrade_db()
+    ids = [join(runtime, sink, f"c{n}@example.com", at("2026-12-01 10:00")) for n in range(30)]
+    runtime.plan(at("2026-12-02 09:00"))
+    sink.clear()
+    runtime.transport_override = CrashingTransport(sink, after=25)
+    with pytest.raises(Crash):
+        runtime.deliverer().run(lambda: at("2026-12-02 09:00"))
+    states = [ledger(runtime, i)["lesson-1"] for i in ids]
+    assert states.count("sent") == 20  # one group of 20 committed; the group in flight was not
+    runtime.transport_override.close()
+    runtime.transport_override = None
+    runtime.tick(lambda: at("2026-12-02 09:06"))  # the lease (5 minutes) lapsed
+    received = [r.recipients[0] for r in sink.received]
+    assert sorted(set(received)) == sorted(f"c{n}@example.com" for n in range(30))
+    assert len(received) - 30 == 5  # re-sent: only what SMTP took after the last commit
+    assert all(ledger(runtime, i)["lesson-1"] == "sent" for i in ids)
+    runtime.close()
