@@ -7,7 +7,7 @@ import logging
 import os
 import signal
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Annotated, Any, NoReturn
@@ -283,7 +283,7 @@ def stats(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] =
     runtime = _runtime()
     runtime.upgrade_db()
     with session_scope(runtime.sessions) as session:
-        data = collect(session)
+        data = collect(session, since=utcnow() - timedelta(days=7))
     if as_json:
         sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=2) + "\n")
         return
@@ -313,6 +313,13 @@ def stats(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] =
     table.add_column("count", justify="right")
     for row in data["unsubscribes"]:
         table.add_row(row["kind"] or "(no mail)", row["sequence"] or "", row["step"] or "", str(row["count"]))
+    out.print(table)
+    table = Table(title="Failed delivery attempts, last 7 days")
+    for column in ("code", "outcome", "count", "last", "a reply"):
+        table.add_column(column, justify="right" if column == "count" else "left")
+    for row in data["failed_attempts"]:
+        code = str(row["code"] or "-")
+        table.add_row(code, row["outcome"], str(row["count"]), row["last_at"][:16], row["reply"][:60])
     out.print(table)
 
 

@@ -86,6 +86,8 @@ class Runtime:
 
     def close(self) -> None:
         """Let go of pooled SMTP sessions and database connections (a process shutting down)."""
+        if self.transport_override is not None:
+            self.transport_override.close()
         if "configured_transport" in self.__dict__:
             self.configured_transport.close()
         if "engine" in self.__dict__:

@@ -1,16 +1,19 @@
-"""Who is where: subscribers by state, readers by their next step, deliveries, unsubscribes by step."""
+"""Who is where: subscribers by state, readers by their next step, deliveries, unsubscribes by step,
+and what the relay said when it did not take a mail."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, aliased
 
-from mailer.models import Delivery, Enrolment, Subscriber
+from mailer.models import Delivery, DeliveryAttempt, Enrolment, Subscriber
 
 
-def collect(session: Session) -> dict[str, Any]:
+def collect(session: Session, since: datetime) -> dict[str, Any]:
+    """The figures; failed delivery attempts are those since `since` (the relay's recent replies)."""
     subscribers = dict(
         session.execute(select(Subscriber.state, func.count()).group_by(Subscriber.state)).all()
     )
@@ -43,9 +46,25 @@ def collect(session: Session) -> dict[str, Any]:
             .group_by(via.kind, via.sequence_id, via.step_id)
         ).all()
     ]
+    failures = [
+        {"code": code, "outcome": outcome, "count": count, "last_at": last.isoformat(), "reply": text}
+        for code, outcome, count, last, text in session.execute(
+            select(
+                DeliveryAttempt.code,
+                DeliveryAttempt.outcome,
+                func.count(),
+                func.max(DeliveryAttempt.at),
+                func.max(DeliveryAttempt.text),
+            )
+            .where(DeliveryAttempt.at >= since)
+            .group_by(DeliveryAttempt.code, DeliveryAttempt.outcome)
+            .order_by(func.count().desc())
+        ).all()
+    ]
     return {
         "subscribers": subscribers,
         "enrolments": enrolments,
         "deliveries": deliveries,
         "unsubscribes": unsubscribes,
+        "failed_attempts": failures,
     }

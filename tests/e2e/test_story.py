@@ -98,7 +98,7 @@ def test_the_whole_story(
     with session_scope(runtime.sessions) as session:
         states = dict(session.execute(select(Subscriber.email, Subscriber.state)).all())
         open_rows = session.scalars(select(Delivery).where(Delivery.state.in_(["pending", "sending"]))).all()
-        stats = collect(session)
+        stats = collect(session, since=at("2026-11-01 00:00"))
     assert states == {READER: "confirmed", LEAVER: "unsubscribed"}
     assert open_rows == []
     assert stats["unsubscribes"] == [

@@ -221,6 +221,7 @@ def test_unsubscribe_during_a_send_waits_for_the_mail_in_flight(
     transport.unsubscribe.join(10)
     assert transport.waited, "the unsubscribe did not wait for the mail in flight"
     assert ledger(runtime, a)["lesson-1"] == "sent"
+    transport.close()
     runtime.transport_override = None
     tick_through(runtime, at("2026-12-02 09:00"), at("2026-12-16 10:00"))
     # the lesson that was in flight, and nothing after it

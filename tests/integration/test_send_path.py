@@ -19,6 +19,7 @@ from mailer.models import DeliveryAttempt
 from mailer.render import MailTemplate, Recipient
 from mailer.runtime import Runtime
 from mailer.send.smtp import SMTPConnection, SMTPTransport
+from mailer.stats import collect
 from tests.conftest import Sink, make_settings
 from tests.helpers import at, join, ledger, ledger_row
 
@@ -135,6 +136,12 @@ def test_each_failed_attempt_is_recorded_for_the_operator(runtime: Runtime, sink
     assert "Slow down please" in attempts[0][1]
     assert "5.1.1 Mailbox unknown" in attempts[1][1]
     assert (row.state, row.attempts) == ("failed", 2)
+    with session_scope(runtime.sessions) as session:
+        shown = collect(session, since=at("2026-12-01 00:00"))["failed_attempts"]
+    assert sorted((f["code"], f["outcome"], f["count"]) for f in shown) == [
+        (421, "retry", 1),
+        (550, "failed", 1),
+    ]
 
 
 class Crash(BaseException):
