@@ -131,7 +131,7 @@ def worker(concurrency: Annotated[int, typer.Option(help="Threads sending at onc
     """A Celery worker that sends what the ledger says is due."""
     from mailer import tasks  # noqa: PLC0415
 
-    runtime = _runtime()
+    runtime = Runtime(load_settings(), sending=True)
     _prepare(runtime)
     celery = tasks.configure(runtime)
     celery.worker_main(

@@ -33,7 +33,9 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
+def make_engine(url: str, *, pre_ping: bool = True, **kwargs: Any) -> Engine:
+    """pre_ping tests each pooled connection before use (a round trip): pages need it, so that a
+    restarted PostgreSQL never shows as an error; workers skip it and retry what fails instead."""
     if url.startswith("sqlite"):
         # isolation_level=None hands transactions to us, so each one can BEGIN IMMEDIATE: a
         # deferred SQLite transaction that reads then writes fails at once (SQLITE_BUSY_SNAPSHOT)
@@ -57,7 +59,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    return create_engine(url, pool_pre_ping=True, **kwargs)
+    return create_engine(url, pool_pre_ping=pre_ping, **kwargs)
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -81,18 +81,9 @@ CLAIMED = (
     Delivery.enrolment_id,
     Enrolment.state.label("enrolment_state"),
     Enrolment.confirm_nonce,
-)
-# What moving a cursor past a sent step reads, in the order of enrolment.Sent.
-SENT = (
-    Enrolment.id,
-    Enrolment.state,
     Enrolment.entered_at,
     Enrolment.shift_days,
-    Delivery.sequence_id,
-    Delivery.step_id,
     Delivery.due_at,
-    Subscriber.id,
-    Subscriber.timezone,
 )
 
 
@@ -113,6 +104,7 @@ class Job:
     subscriber_id: int
     recipient: str
     message: bytes
+    step: cursor.Sent | None = None  # a seminar step: what moving the cursor past it needs
 
 
 def _attempt(
@@ -250,7 +242,20 @@ class Deliverer:
             log.error("delivery.render_failed delivery_id=%s error=%s", row.id, type(exc).__name__)  # noqa: TRY400
             self._retry(session, session.get_one(Delivery, row.id), f"render: {exc}", None, now, report)
             return None
-        return Job(row.id, row.subscriber_id, row.email, message)
+        moves = None
+        if row.kind == "step" and row.entered_at is not None:
+            moves = cursor.Sent(
+                row.enrolment_id,
+                row.enrolment_state,
+                row.entered_at,
+                row.shift_days,
+                row.sequence_id,
+                row.step_id,
+                row.due_at,
+                row.subscriber_id,
+                row.timezone,
+            )
+        return Job(row.id, row.subscriber_id, row.email, message, moves)
 
     def _skip(self, delivery: Delivery, reason: str, report: Report) -> None:
         delivery.state, delivery.skip_reason, delivery.claimed_by = "skipped", reason, None
@@ -392,15 +397,10 @@ class Deliverer:
             ).all()
             report.sent += len(sent)
             log.debug("delivery.sent delivery_ids=%s", sent)
-            moved = session.execute(
-                select(*SENT)
-                .join(Subscriber, Delivery.subscriber_id == Subscriber.id)
-                .join(Enrolment, Delivery.enrolment_id == Enrolment.id)
-                .where(Delivery.id.in_(marked), Delivery.kind == "step", Enrolment.entered_at.is_not(None))
-            ).all()
-            # entered_at and step_id are never NULL here: the query asks for step rows of entered cursors
-            group = [cursor.Sent(*row) for row in moved]  # type: ignore[arg-type]
-            cursor.move_past_sent(session, self.site, catalog, group, now)
+            # The group's rows are locked: the cursors read with the claim are still theirs.
+            mine = set(marked)
+            moved = [job.step for job in outcomes.sent if job.step is not None and job.delivery_id in mine]
+            cursor.move_past_sent(session, self.site, catalog, moved, now)
         for job, until in outcomes.throttled:
             session.execute(
                 update(Delivery)

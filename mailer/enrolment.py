@@ -11,11 +11,12 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import Integer, String, case, literal, or_, select, update
 from sqlalchemy.orm import Session
 
 from mailer import schedule, store
 from mailer.config import Site
+from mailer.db import UTCDateTime
 from mailer.models import Delivery, Enrolment, SequenceVersion, Subscriber
 from mailer.sequences import Catalog, Sequence, Step
 
@@ -270,7 +271,23 @@ def move_past_sent(session: Session, site: Site, catalog: Catalog, group: list[S
         if following is None and sequence.then:
             finished.append((sent.subscriber_id, sequence.then))
     if changes:
-        session.execute(update(Enrolment), changes)
+        # One statement for the group (a CASE per column), not one UPDATE per reader.
+        ids = [change["id"] for change in changes]
+        session.execute(
+            update(Enrolment)
+            .where(Enrolment.id.in_(ids))
+            .values(
+                {
+                    column: case({c["id"]: literal(c[column], type_) for c in changes}, value=Enrolment.id)
+                    for column, type_ in (
+                        ("next_step_id", String()),
+                        ("next_due_at", UTCDateTime()),
+                        ("shift_days", Integer()),
+                    )
+                }
+            ),
+            execution_options={"synchronize_session": False},
+        )
     for subscriber_id, then in finished:
         subscriber = session.get(Subscriber, subscriber_id)
         if subscriber is not None:

@@ -29,6 +29,7 @@ class Runtime:
     settings: Settings
     transport_override: Transport | None = None
     wake: Callable[[], None] = field(default=lambda: None)  # nudges a worker after a commit
+    sending: bool = False  # a worker process: no pre-ping round trip per transaction (db.make_engine)
 
     @cached_property
     def site(self) -> Site:
@@ -43,7 +44,7 @@ class Runtime:
 
     @cached_property
     def engine(self) -> Engine:
-        return make_engine(self.settings.database_url)
+        return make_engine(self.settings.database_url, pre_ping=not self.sending)
 
     @cached_property
     def sessions(self) -> sessionmaker[Session]:

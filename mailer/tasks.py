@@ -73,7 +73,7 @@ def _close_runtime(**_: object) -> None:
 
 def runtime() -> Runtime:
     if _runtime is None:  # a worker started by the `celery` command rather than `mailer worker`
-        configure(Runtime(Settings()))
+        configure(Runtime(Settings(), sending=True))
     assert _runtime is not None
     return _runtime
 
