@@ -22,5 +22,7 @@ lint: install
 	$(UV) run --frozen ruff format --check mailer tests bench
 	$(UV) run --frozen mypy
 
-bench: install
-	@for script in bench/*.py; do [ -e "$$script" ] || continue; $(UV) run --frozen python "$$script" || exit 1; done
+bench: install  ## smtp-sink (Postfix) when missing, then the send and the tick benchmarks
+	@scripts/install-bench-deps
+	$(UV) run --frozen python -m bench.send
+	$(UV) run --frozen python -m bench.tick
