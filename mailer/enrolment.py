@@ -10,13 +10,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime
+from typing import cast
 
-from sqlalchemy import Integer, String, case, literal, or_, select, update
+from sqlalchemy import Table, bindparam, or_, select, update
 from sqlalchemy.orm import Session
 
 from mailer import schedule, store
 from mailer.config import Site
-from mailer.db import UTCDateTime
 from mailer.models import Delivery, Enrolment, SequenceVersion, Subscriber
 from mailer.sequences import Catalog, Sequence, Step
 
@@ -262,31 +262,26 @@ def move_past_sent(session: Session, site: Site, catalog: Catalog, group: list[S
         following, shift, due = _following(site, sequence, sent, True, now, None)
         changes.append(
             {
-                "id": sent.enrolment_id,
-                "next_step_id": following.id if following else None,
-                "next_due_at": due,
-                "shift_days": shift,
+                "moved_id": sent.enrolment_id,
+                "moved_step": following.id if following else None,
+                "moved_due": due,
+                "moved_shift": shift,
             }
         )
         if following is None and sequence.then:
             finished.append((sent.subscriber_id, sequence.then))
     if changes:
-        # One statement for the group (a CASE per column), not one UPDATE per reader.
-        ids = [change["id"] for change in changes]
+        # One statement executed for the whole group (executemany), not an ORM flush per reader.
+        table = cast("Table", Enrolment.__table__)
         session.execute(
-            update(Enrolment)
-            .where(Enrolment.id.in_(ids))
+            update(table)
+            .where(table.c.id == bindparam("moved_id"))
             .values(
-                {
-                    column: case({c["id"]: literal(c[column], type_) for c in changes}, value=Enrolment.id)
-                    for column, type_ in (
-                        ("next_step_id", String()),
-                        ("next_due_at", UTCDateTime()),
-                        ("shift_days", Integer()),
-                    )
-                }
+                next_step_id=bindparam("moved_step"),
+                next_due_at=bindparam("moved_due"),
+                shift_days=bindparam("moved_shift"),
             ),
-            execution_options={"synchronize_session": False},
+            changes,
         )
     for subscriber_id, then in finished:
         subscriber = session.get(Subscriber, subscriber_id)
