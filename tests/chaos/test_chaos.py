@@ -139,7 +139,7 @@ def test_redis_restarted_empty_mid_send_loses_nothing_and_resumes(stack: Stack) 
         seed_readers(runtime, FAULT_READERS)
         wait_until(lambda: len(stack.sink.received) >= total // 4, 120, "sending")
         stack.redis.stop()
-        time.sleep(2)
+        wait_until(lambda: stack.health() == (503, _health("ok", "down")), 15, "/healthz to say 503")
         stack.redis.start()  # same port, nothing in it: every queued and unacked message is gone
         restarted, before = time.monotonic(), len(stack.sink.received)
         wait_until(lambda: len(stack.sink.received) > before + 50, 60, "sending to resume")
