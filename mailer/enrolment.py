@@ -275,7 +275,7 @@ def move_past_sent(session: Session, site: Site, catalog: Catalog, group: list[S
         table = cast("Table", Enrolment.__table__)
         session.execute(
             update(table)
-            .where(table.c.id == bindparam("moved_id"))
+            .where(table.c.id == bindparam("moved_id"), table.c.state == "active")  # not one stopped since
             .values(
                 next_step_id=bindparam("moved_step"),
                 next_due_at=bindparam("moved_due"),
