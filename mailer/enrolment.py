@@ -34,17 +34,30 @@ def received_position(session: Session, enrolment: Enrolment, sequence: Sequence
     return max(positions, default=-1)
 
 
+def _due_at(
+    site: Site, sequence: Sequence, step: Step, *, timezone: str | None, entered_at: datetime, shift_days: int
+) -> datetime:
+    return schedule.step_due(
+        sequence,
+        step,
+        entered_at=entered_at,
+        shift_days=shift_days,
+        zone=schedule.zone_for(timezone, sequence.timezone),
+        quiet=site.quiet_hours,
+    )
+
+
 def _due(
     site: Site, subscriber: Subscriber, sequence: Sequence, step: Step, enrolment: Enrolment
 ) -> datetime:
     assert enrolment.entered_at is not None
-    return schedule.step_due(
+    return _due_at(
+        site,
         sequence,
         step,
+        timezone=subscriber.timezone,
         entered_at=enrolment.entered_at,
         shift_days=enrolment.shift_days,
-        zone=_zone(subscriber, sequence),
-        quiet=site.quiet_hours,
     )
 
 
@@ -193,26 +206,17 @@ class Sent:
 
 
 def _following(
-    site: Site, sequence: Sequence, sent: Sent, delivered: bool, now: datetime, position: int | None
+    site: Site, sequence: Sequence, sent: Sent, delivered: bool, now: datetime, position: int
 ) -> tuple[Step | None, int, datetime | None]:
-    """The next step, the new day shift, and when the next step is due."""
-    zone = schedule.zone_for(sent.timezone, sequence.timezone)
+    """The step after `position`, the new day shift, and when that step is due."""
     shift = sent.shift_days
     if delivered:
-        shift += schedule.late_days(sent.due_at, now, zone)
-    step = sequence.step(sent.step_id)
-    following = sequence.step_after(step.position if step else position if position is not None else -1)
-    due = (
-        schedule.step_due(
-            sequence,
-            following,
-            entered_at=sent.entered_at,
-            shift_days=shift,
-            zone=zone,
-            quiet=site.quiet_hours,
-        )
-        if following
-        else None
+        shift += schedule.late_days(sent.due_at, now, schedule.zone_for(sent.timezone, sequence.timezone))
+    following = sequence.step_after(position)
+    if following is None:
+        return None, shift, None
+    due = _due_at(
+        site, sequence, following, timezone=sent.timezone, entered_at=sent.entered_at, shift_days=shift
     )
     return following, shift, due
 
@@ -242,7 +246,8 @@ def after_sent(
         subscriber.id,
         subscriber.timezone,
     )
-    position = None if sequence.step(delivery.step_id) else received_position(session, enrolment, sequence)
+    step = sequence.step(delivery.step_id)
+    position = step.position if step else received_position(session, enrolment, sequence)
     following, enrolment.shift_days, enrolment.next_due_at = _following(
         site, sequence, sent, delivery.state == "sent", now, position
     )
@@ -257,9 +262,10 @@ def move_past_sent(session: Session, site: Site, catalog: Catalog, group: list[S
     finished = []
     for sent in group:
         sequence = catalog.get(sent.sequence_id)
-        if sequence is None or sent.enrolment_state != "active" or sequence.step(sent.step_id) is None:
+        step = sequence.step(sent.step_id) if sequence else None
+        if sequence is None or step is None or sent.enrolment_state != "active":
             continue
-        following, shift, due = _following(site, sequence, sent, True, now, None)
+        following, shift, due = _following(site, sequence, sent, True, now, step.position)
         changes.append(
             {
                 "moved_id": sent.enrolment_id,
