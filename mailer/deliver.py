@@ -12,7 +12,7 @@ import random
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import Any, Self
@@ -94,6 +94,10 @@ class Outcomes:
     sent: list[Job] = field(default_factory=list)
     failed: list[tuple[Job, DeliveryError]] = field(default_factory=list)
     throttled: list[tuple[Job, datetime]] = field(default_factory=list)
+
+    def tried(self) -> list[Job]:
+        """Every job of the group that got this far: sent, refused or put off."""
+        return [*self.sent, *(job for job, _ in self.failed), *(job for job, _ in self.throttled)]
 
 
 @dataclass(frozen=True)
@@ -298,19 +302,22 @@ class Deliverer:
     def _send_group(
         self, jobs: list[Job], token: str, now: datetime, connection: Connection, catalog: Catalog
     ) -> Report:
-        """Send a group and mark it in one transaction that holds the rows from the re-check on."""
+        """Send a group in one transaction: marked sent and locked first, SMTP, then what SMTP
+        did not take put back and recorded, so nobody sees a mark before SMTP has answered."""
         outcomes = Outcomes()
         try:
             with session_scope(self.sessions) as session:
                 # An unsubscribe committed before this lock skips the row; one arriving after it
                 # waits for this commit, so no mail goes to an address that has already left.
-                live = store.lock_claimed(session, [job.delivery_id for job in jobs], token)
-                blocked: dict[tuple[str, ...], float] = {}
-                for job in jobs:
-                    if job.delivery_id in live:
-                        self._send_one(connection, job, now, blocked, outcomes)
+                live = store.mark_sent(session, [job.delivery_id for job in jobs], token, now)
+                admitted = self._admitted([job for job in jobs if job.delivery_id in live], now, outcomes)
+                for job, error in connection.send_many(self.site.sender.address, admitted):
+                    if error is None:
+                        outcomes.sent.append(job)
+                    else:
+                        outcomes.failed.append((job, error))
                 report = Report()
-                self._record(session, outcomes, token, now, catalog, report)
+                self._record(session, live, outcomes, token, now, catalog, report)
         except OperationalError:
             if not outcomes.sent:
                 raise  # nothing reached SMTP: the rows wait for their lease to lapse
@@ -318,24 +325,14 @@ class Deliverer:
             report = self._record_when_back(outcomes, token, now, catalog)
         return report
 
-    def _send_one(
-        self,
-        connection: Connection,
-        job: Job,
-        now: datetime,
-        blocked: dict[tuple[str, ...], float],
-        outcomes: Outcomes,
-    ) -> None:
-        wait = self._admit(job, blocked)
-        if wait:
-            outcomes.throttled.append((job, now + timedelta(seconds=wait)))
-            return
-        try:
-            connection.send(self.site.sender.address, job.recipient, job.message)
-        except DeliveryError as exc:
-            outcomes.failed.append((job, exc))
-        else:
-            outcomes.sent.append(job)
+    def _admitted(self, jobs: list[Job], now: datetime, outcomes: Outcomes) -> Iterator[Job]:
+        """The jobs the rate limits let go now, each as SMTP is ready for it; the others put off."""
+        blocked: dict[tuple[str, ...], float] = {}
+        for job in jobs:
+            if wait := self._admit(job, blocked):
+                outcomes.throttled.append((job, now + timedelta(seconds=wait)))
+            else:
+                yield job
 
     def _admit(self, job: Job, blocked: dict[tuple[str, ...], float]) -> float:
         """Wait out the rate limits: 0 when the mail may go now, else seconds to put it off by."""
@@ -362,12 +359,14 @@ class Deliverer:
         # Past the lease another worker may send these rows again once the database is back;
         # recording them first is still right (a reclaimed row no longer matches our token).
         deadline = time.monotonic() + max(RECORD_PATIENCE, self.site.delivery.lease.total_seconds())
+        tried = [job.delivery_id for job in outcomes.tried()]
         pause = 0.25
         while True:
             report = Report()
             try:
                 with session_scope(self.sessions) as session:
-                    self._record(session, outcomes, token, now, catalog, report)
+                    live = store.mark_sent(session, tried, token, now)
+                    self._record(session, live, outcomes, token, now, catalog, report)
             except OperationalError:
                 if time.monotonic() + pause > deadline:
                     raise  # these rows go again when their lease lapses: this group twice at most
@@ -380,27 +379,23 @@ class Deliverer:
     def _record(
         self,
         session: Session,
+        marked: set[int],
         outcomes: Outcomes,
         token: str,
         now: datetime,
         catalog: Catalog,
         report: Report,
     ) -> None:
-        sent = [job.delivery_id for job in outcomes.sent]
-        if sent:
-            marked = session.scalars(
-                update(Delivery)
-                .where(Delivery.id.in_(sent), Delivery.claimed_by == token)
-                .values(state="sent", sent_at=now, claimed_by=None, attempts=Delivery.attempts + 1)
-                .returning(Delivery.id),
-                execution_options={"synchronize_session": False},
-            ).all()
-            report.sent += len(sent)
-            log.debug("delivery.sent delivery_ids=%s", sent)
-            # The group's rows are locked: the cursors read with the claim are still theirs.
-            mine = set(marked)
-            moved = [job.step for job in outcomes.sent if job.step is not None and job.delivery_id in mine]
-            cursor.move_past_sent(session, self.site, catalog, moved, now)
+        """Settle a group `mark_sent` marked: SMTP's refusals and deferrals put back and recorded,
+        the cursors of what it took moved on."""
+        sent = [job for job in outcomes.sent if job.delivery_id in marked]
+        report.sent += len(sent)
+        unsent = [job.delivery_id for job in outcomes.tried() if job.delivery_id in marked]
+        unsent = sorted(set(unsent) - {job.delivery_id for job in sent})
+        if unsent:
+            store.unmark_sent(session, unsent, token)
+        # The group's rows are locked: the cursors read with the claim are still theirs.
+        cursor.move_past_sent(session, self.site, catalog, [j.step for j in sent if j.step is not None], now)
         for job, until in outcomes.throttled:
             session.execute(
                 update(Delivery)

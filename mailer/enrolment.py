@@ -279,7 +279,7 @@ def move_past_sent(session: Session, site: Site, catalog: Catalog, group: list[S
     if changes:
         # One statement executed for the whole group (executemany), not an ORM flush per reader.
         table = cast("Table", Enrolment.__table__)
-        session.execute(
+        session.connection().execute(
             update(table)
             .where(table.c.id == bindparam("moved_id"), table.c.state == "active")  # not one stopped since
             .values(

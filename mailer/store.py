@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Select, func, select, update
+from sqlalchemy import Select, Table, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from mailer.models import Delivery, Enrolment, Subscriber
 
+_DELIVERIES = cast("Table", Delivery.__table__)  # the send path's statements skip the ORM layer
 CLAIMABLE = ("pending", "sending")
 OPEN = ("pending", "sending")
 
@@ -55,18 +56,33 @@ def claim_deliveries(
     return sorted(claimed.scalars())
 
 
-def lock_claimed(session: Session, ids: list[int], worker: str) -> set[int]:
-    """Of these rows, those `worker` still holds unsent, locked until the transaction ends.
+def mark_sent(session: Session, ids: list[int], worker: str, now: datetime) -> set[int]:
+    """Of these rows, those `worker` still holds unsent: marked sent, and locked until the
+    transaction ends.
 
-    On PostgreSQL the row locks make an unsubscribe that arrives meanwhile wait for this
-    transaction; SQLite's write lock (BEGIN IMMEDIATE) does the same for the whole database.
+    The send path marks a group before handing it to SMTP and puts back (`unmark_sent`) what SMTP
+    did not take, in the same transaction: nobody sees the mark before SMTP has answered, and an
+    unsubscribe that arrives meanwhile waits for the commit (on PostgreSQL the row locks; on SQLite
+    the write lock of BEGIN IMMEDIATE holds the whole database).
     """
-    query = select(Delivery.id).where(
-        Delivery.id.in_(ids), Delivery.claimed_by == worker, Delivery.state == "sending"
+    table = _DELIVERIES
+    marked = session.connection().execute(
+        update(table)
+        .where(table.c.id.in_(ids), table.c.claimed_by == worker, table.c.state == "sending")
+        .values(state="sent", sent_at=now, claimed_by=None, attempts=table.c.attempts + 1)
+        .returning(table.c.id)
     )
-    if session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update()
-    return set(session.scalars(query))
+    return set(marked.scalars())
+
+
+def unmark_sent(session: Session, ids: list[int], worker: str) -> None:
+    """Undo `mark_sent` for rows SMTP did not take: claimed by `worker` again, as before it."""
+    table = _DELIVERIES
+    session.connection().execute(
+        update(table)
+        .where(table.c.id.in_(ids), table.c.state == "sent")
+        .values(state="sending", sent_at=None, claimed_by=worker, attempts=table.c.attempts - 1)
+    )
 
 
 def claim_due_enrolments(session: Session, *, now: datetime, limit: int) -> list[int]:

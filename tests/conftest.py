@@ -102,6 +102,8 @@ class SinkHandler:
         # A fault answers instead of accepting: called with the recipient, returns a reply or None.
         self.rcpt_fault: Callable[[str], str | None] = lambda _rcpt: None
         self.data_fault: Callable[[list[str]], str | None] = lambda _rcpts: None
+        # The connection lost after the content came in, before any reply: the mail is not kept.
+        self.hang_up: Callable[[list[str]], bool] = lambda _rcpts: False
         self.delay = 0.0  # seconds each DATA takes: a slower relay, so a send lasts long enough
         self.pipelining = True  # announce PIPELINING (RFC 2920), as real relays do
         self.lock = threading.Lock()
@@ -131,6 +133,9 @@ class SinkHandler:
         reply = self.data_fault(list(envelope.rcpt_tos))
         if reply:
             return reply
+        if self.hang_up(list(envelope.rcpt_tos)):
+            server.transport.close()
+            return "451 gone"  # never reaches the client
         with self.lock:
             self.received.append(
                 Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content)

@@ -1,21 +1,35 @@
 """Transports: where a finished message goes. `transport_from_url()` picks one from MAILER_SMTP_URL.
 
-A transport opens a session (one SMTP connection carries many messages) whose `send()` either
-returns (accepted) or raises TransientDeliveryError (try later) or PermanentDeliveryError (never).
+A transport opens a session (one SMTP connection carries many messages) whose `send_many()` yields
+each mail with None (accepted), a TransientDeliveryError (try later) or a PermanentDeliveryError
+(never).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from mailer.errors import ConfigError
+from mailer.errors import ConfigError, DeliveryError
+
+
+class Mail(Protocol):
+    @property
+    def recipient(self) -> str: ...
+    @property
+    def message(self) -> bytes: ...
+
+
+M = TypeVar("M", bound=Mail)
 
 
 class Connection(Protocol):
-    def send(self, sender: str, recipient: str, message: bytes) -> None: ...
+    def send_many(self, sender: str, mails: Iterable[M]) -> Iterator[tuple[M, DeliveryError | None]]:
+        """Each mail with None once accepted, or its error; `mails` may be read one ahead."""
+        ...
 
 
 class Transport(Protocol):

@@ -3,23 +3,27 @@
 from __future__ import annotations
 
 import mailbox
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from mailer.errors import TransientDeliveryError
+from mailer.errors import DeliveryError, TransientDeliveryError
+from mailer.send import M
 
 
 class MaildirConnection:
     def __init__(self, box: mailbox.Maildir) -> None:
         self.box = box
 
-    def send(self, sender: str, recipient: str, message: bytes) -> None:  # noqa: ARG002 (the protocol's)
-        # A maildir holds each message with LF line ends, as a local mail client expects.
-        try:
-            self.box.add(message.replace(b"\r\n", b"\n"))
-        except OSError as exc:
-            raise TransientDeliveryError(f"maildir: {exc.strerror}") from exc
+    def send_many(self, sender: str, mails: Iterable[M]) -> Iterator[tuple[M, DeliveryError | None]]:  # noqa: ARG002 (the protocol's)
+        for mail in mails:
+            # A maildir holds each message with LF line ends, as a local mail client expects.
+            try:
+                self.box.add(mail.message.replace(b"\r\n", b"\n"))
+            except OSError as exc:
+                yield mail, TransientDeliveryError(f"maildir: {exc.strerror}")
+            else:
+                yield mail, None
 
 
 class MaildirTransport:

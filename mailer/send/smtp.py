@@ -9,10 +9,13 @@ import smtplib
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
+from functools import partial
+from typing import NamedTuple
 
-from mailer.errors import PermanentDeliveryError, TransientDeliveryError
+from mailer.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
+from mailer.send import M
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +37,17 @@ IDLE_CHECK = 10.0  # a pooled session idle longer than this is checked with NOOP
 IDLE_LIMIT = 240.0  # and one idle longer than this is closed: relays drop idle sessions at 300 s
 
 
+class _Mail(NamedTuple):
+    recipient: str
+    message: bytes
+
+
 class SMTPConnection:
     """A session with the relay, opened on first use and again after the server drops it.
 
-    One mail is one transaction: MAIL, RCPT and DATA go out in one write when the server offers
-    PIPELINING (RFC 2920), else one by one; any refusal is followed by RSET.
+    One mail is one transaction. When the server offers PIPELINING (RFC 2920), MAIL, RCPT and DATA
+    go out in one write, and a mail's content goes out with the next mail's envelope: one round
+    trip a mail. Any refusal inside a transaction is followed by RSET.
     """
 
     def __init__(self, transport: SMTPTransport) -> None:
@@ -101,30 +110,72 @@ class SMTPConnection:
                 self._drop()
 
     def send(self, sender: str, recipient: str, message: bytes) -> None:
+        """One mail: returns once the server has accepted it, else raises its DeliveryError."""
+        for _, error in self.send_many(sender, [_Mail(recipient, message)]):
+            if error is not None:
+                raise error
+
+    def send_many(self, sender: str, mails: Iterable[M]) -> Iterator[tuple[M, DeliveryError | None]]:
+        """Each mail in turn, yielded with None once the server has accepted it, or with its error.
+
+        `mails` is read one ahead: the next mail is taken before this one's reply is in, so that
+        its envelope can travel with this one's content.
+        """
+        queue = iter(mails)
+        mail = next(queue, None)
+        started: bool | DeliveryError = False  # for `mail`: its DATA answered 354, or refused
+        while mail is not None:
+            if not (sender.isascii() and mail.recipient.isascii()):
+                whole = partial(self._sendmail_utf8, sender=sender, recipient=mail.recipient)
+                yield mail, self._attempt(partial(whole, message=mail.message))
+                mail, started = next(queue, None), False
+                continue
+            if started is False:
+                refused = self._attempt(partial(self._envelope, sender=sender, recipient=mail.recipient))
+                started = True if refused is None else refused
+            if isinstance(started, DeliveryError):
+                yield mail, started
+                mail, started = next(queue, None), False
+                continue
+            following = next(queue, None)
+            envelope = b""
+            if following is not None and following.recipient.isascii() and self._pipelining():
+                envelope = _envelope_commands(sender, following.recipient)
+            error, started = self._finish(mail.message, envelope)
+            yield mail, error
+            mail = following
+
+    def _pipelining(self) -> bool:
+        return self.client is not None and bool(self.client.has_extn("pipelining"))
+
+    def _attempt(self, action: Callable[[smtplib.SMTP], None]) -> DeliveryError | None:
+        """`action` on the session, opened if need be, and once more on a new session if the
+        server had closed a reused one before taking anything; its error returned, not raised."""
         fresh = self.client is None
-        if self.client is None:
-            self.client = self._connect()
         try:
-            self._transaction(self.client, sender, recipient, message)
-        except _NotStartedError as exc:
-            # The server had closed a reused session before taking anything: once more, anew.
-            self._drop()
-            if fresh:
-                raise TransientDeliveryError(f"smtp: connection lost: {exc.__cause__}") from exc
-            self.client = self._connect()
+            if self.client is None:
+                self.client = self._connect()
             try:
-                self._transaction(self.client, sender, recipient, message)
-            except _NotStartedError as again:
+                action(self.client)
+            except _NotStartedError as exc:
                 self._drop()
-                raise TransientDeliveryError(f"smtp: connection lost: {again.__cause__}") from again
+                if fresh:
+                    raise TransientDeliveryError(f"smtp: connection lost: {exc.__cause__}") from exc
+                self.client = self._connect()
+                try:
+                    action(self.client)
+                except _NotStartedError as again:
+                    self._drop()
+                    raise TransientDeliveryError(f"smtp: connection lost: {again.__cause__}") from again
+        except DeliveryError as error:
+            return error
         finally:
             self.used = time.monotonic()
+        return None
 
-    def _transaction(self, client: smtplib.SMTP, sender: str, recipient: str, message: bytes) -> None:
-        if not (sender.isascii() and recipient.isascii()):
-            self._sendmail_utf8(client, sender, recipient, message)
-            return
-        commands = f"MAIL FROM:<{sender}>\r\nRCPT TO:<{recipient}>\r\nDATA\r\n".encode("ascii")
+    def _envelope(self, client: smtplib.SMTP, sender: str, recipient: str) -> None:
+        """MAIL, RCPT and DATA for a mail, up to the server's 354; a refusal raised after RSET."""
+        commands = _envelope_commands(sender, recipient)
         try:
             if client.has_extn("pipelining"):
                 client.send(commands)
@@ -141,28 +192,58 @@ class SMTPConnection:
         except (OSError, smtplib.SMTPException) as exc:
             self._drop()
             raise TransientDeliveryError(f"smtp: {exc}") from exc
+        self._check_envelope(client, replies)
+
+    def _check_envelope(self, client: smtplib.SMTP, replies: list[tuple[int, bytes]]) -> None:
+        refusal = next(((c, m) for c, m in replies[:2] if c not in {250, 251}), None)
+        if refusal is None and replies[2:] and replies[2][0] != 354:
+            refusal = replies[2]
+        if refusal is None and len(replies) == 3:
+            return
         try:
-            refusal = next(((c, m) for c, m in replies[:2] if c not in {250, 251}), None)
-            if refusal is None and replies[2:] and replies[2][0] != 354:
-                refusal = replies[2]
-            if refusal is not None or len(replies) < 3:
-                if len(replies) == 3 and replies[2][0] == 354:  # DATA taken after all: end it empty
-                    client.send(b".\r\n")
-                    client.getreply()
-                code, text = refusal or replies[-1]
-                self._reset(code)
-                raise classify(code, text)
-            if message.startswith(b".") or b"\n." in message:  # never in our own mail: no regex
-                message = _DOT_LINE.sub(lambda m: m.group(0) + b".", message)
-            end = b".\r\n" if message.endswith(b"\r\n") else b"\r\n.\r\n"
-            client.send(message + end)
-            code, text = client.getreply()
+            if len(replies) == 3 and replies[2][0] == 354:  # DATA taken after all: end it empty
+                client.send(b".\r\n")
+                client.getreply()
         except (OSError, smtplib.SMTPException) as exc:
             self._drop()
             raise TransientDeliveryError(f"smtp: connection lost: {exc}") from exc
-        if code != 250:
-            self._reset(code)
-            raise classify(code, text)
+        code, text = refusal or replies[-1]
+        self._reset(code)
+        raise classify(code, text)
+
+    def _finish(self, message: bytes, envelope: bytes) -> tuple[DeliveryError | None, bool | DeliveryError]:
+        """The content of the mail whose DATA the server took, then the next mail's `envelope`
+        in the same write. This mail's error or None; then True if the next mail's DATA was taken
+        too, its refusal, or False when it must start over (nothing sent, or the session lost)."""
+        client = self.client
+        assert client is not None  # _envelope() left the session open at 354
+        if message.startswith(b".") or b"\n." in message:  # never in our own mail: no regex
+            message = _DOT_LINE.sub(lambda m: m.group(0) + b".", message)
+        end = b".\r\n" if message.endswith(b"\r\n") else b"\r\n.\r\n"
+        try:
+            client.send(message + end + envelope)
+            code, text = client.getreply()
+        except (OSError, smtplib.SMTPException) as exc:
+            self._drop()
+            return TransientDeliveryError(f"smtp: connection lost: {exc}"), False
+        finally:
+            self.used = time.monotonic()
+        error = None if code == 250 else classify(code, text)
+        if not envelope or code == 421:  # 421: the server is closing; nothing more went through
+            if error is not None:
+                self._reset(code)
+            return error, False
+        # The reply ended this transaction whatever it said (RFC 5321 4.1.1.4): no RSET, which
+        # would cancel the envelope already sent behind it.
+        try:
+            replies = [client.getreply() for _ in range(3)]
+            self._check_envelope(client, replies)
+        except DeliveryError as refused:
+            return error, refused
+        except (OSError, smtplib.SMTPException):
+            self._drop()  # the next mail starts over on a new session
+            return error, False
+        return error, True
 
     def _sendmail_utf8(self, client: smtplib.SMTP, sender: str, recipient: str, message: bytes) -> None:
         """An internationalised address: smtplib's own sendmail, with SMTPUTF8 (RFC 6531)."""
@@ -199,6 +280,10 @@ class SMTPConnection:
             with suppress(OSError, smtplib.SMTPException):
                 self.client.quit()
         self._drop()
+
+
+def _envelope_commands(sender: str, recipient: str) -> bytes:
+    return f"MAIL FROM:<{sender}>\r\nRCPT TO:<{recipient}>\r\nDATA\r\n".encode("ascii")
 
 
 class _NotStartedError(Exception):

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -15,8 +15,10 @@ from sqlalchemy.orm import Session
 
 from mailer import signup, store
 from mailer.db import session_scope
+from mailer.errors import DeliveryError
 from mailer.models import Delivery, Enrolment
 from mailer.runtime import Runtime
+from mailer.send import M
 from mailer.send.smtp import SMTPConnection, SMTPTransport
 from mailer.tokens import UnsubscribeClaim
 from tests.conftest import Sink
@@ -171,13 +173,13 @@ def test_unsubscribe_after_the_claim_skips_the_mail(
     """A reader who leaves while their mail sits claimed in a batch does not get it."""
     a = join(runtime, sink, "a@example.com", at("2026-12-01 10:00"))
     b = join(runtime, sink, "b@example.com", at("2026-12-01 10:00"))
-    real_lock = store.lock_claimed
+    real_mark = store.mark_sent
 
-    def leave_then_lock(session: Session, ids: list[int], worker: str) -> set[int]:
+    def leave_then_mark(session: Session, ids: list[int], worker: str, now: datetime) -> set[int]:
         leave(runtime, b)  # committed after the claim, just before the worker's re-check
-        return real_lock(session, ids, worker)
+        return real_mark(session, ids, worker, now)
 
-    monkeypatch.setattr(store, "lock_claimed", leave_then_lock)
+    monkeypatch.setattr(store, "mark_sent", leave_then_mark)
     runtime.tick(lambda: at("2026-12-02 09:00"))
     assert ledger(runtime, a)["lesson-1"] == "sent"
     assert ledger(runtime, b)["lesson-1"] == "skipped"
@@ -196,16 +198,19 @@ class LeavingTransport(SMTPTransport):
     @contextmanager
     def session(self) -> Iterator[SMTPConnection]:
         with super().session() as connection:
-            send = connection.send
+            send_many = connection.send_many
 
-            def send_while_leaving(sender: str, recipient: str, message: bytes) -> None:
-                send(sender, recipient, message)
-                if not self.unsubscribe.is_alive() and not self.waited:
-                    self.unsubscribe.start()
-                    self.unsubscribe.join(0.5)
-                    self.waited = self.unsubscribe.is_alive()  # blocked by the group in flight
+            def send_while_leaving(
+                sender: str, mails: Iterable[M]
+            ) -> Iterator[tuple[M, DeliveryError | None]]:
+                for mail, error in send_many(sender, mails):
+                    yield mail, error
+                    if not self.unsubscribe.is_alive() and not self.waited:
+                        self.unsubscribe.start()
+                        self.unsubscribe.join(0.5)
+                        self.waited = self.unsubscribe.is_alive()  # blocked by the group in flight
 
-            connection.send = send_while_leaving  # type: ignore[method-assign]
+            connection.send_many = send_while_leaving  # type: ignore[method-assign]
             yield connection
 
 

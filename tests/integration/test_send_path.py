@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import email
 import email.policy
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -15,9 +15,11 @@ import pytest
 from sqlalchemy import select
 
 from mailer.db import session_scope
+from mailer.errors import DeliveryError
 from mailer.models import DeliveryAttempt
 from mailer.render import MailTemplate, Recipient
 from mailer.runtime import Runtime
+from mailer.send import M
 from mailer.send.smtp import SMTPConnection, SMTPTransport
 from mailer.stats import collect
 from tests.conftest import Sink, make_settings
@@ -159,15 +161,16 @@ class CrashingTransport(SMTPTransport):
     @contextmanager
     def session(self) -> Iterator[SMTPConnection]:
         with super().session() as connection:
-            send = connection.send
+            send_many = connection.send_many
 
-            def send_then_crash(sender: str, recipient: str, message: bytes) -> None:
-                send(sender, recipient, message)
-                self.sent += 1
-                if self.sent == self.after:
-                    raise Crash
+            def send_then_crash(sender: str, mails: Iterable[M]) -> Iterator[tuple[M, DeliveryError | None]]:
+                for mail, error in send_many(sender, mails):
+                    yield mail, error
+                    self.sent += 1
+                    if self.sent == self.after:
+                        raise Crash
 
-            connection.send = send_then_crash  # type: ignore[method-assign]
+            connection.send_many = send_then_crash  # type: ignore[method-assign]
             yield connection
 
 

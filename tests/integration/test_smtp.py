@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import closing
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 from aiosmtpd.controller import Controller
@@ -172,6 +172,51 @@ def test_one_connection_carries_many_mails_and_survives_refusals(sink: Sink) -> 
         "r1@example.com",
         "r2@example.com",
     ]
+
+
+class Letter(NamedTuple):
+    recipient: str
+    message: bytes
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+def test_a_batch_reports_each_mail_and_no_refusal_spoils_its_neighbours(
+    pipelining: bool, sink: Sink
+) -> None:
+    """One `send_many` (each mail's content travels with the next envelope when the relay
+    pipelines): refusals at RCPT and at the end of DATA, a 421 and a lost connection each hit
+    their own mail only."""
+    sink.handler.pipelining = pipelining
+    sink.handler.rcpt_fault = lambda rcpt: "550 5.1.1 no such user" if rcpt.startswith("gone") else None
+    faults = {"busy": "451 4.3.0 try later", "spam": "554 5.7.1 rejected", "closing": "421 4.3.2 bye"}
+    sink.handler.data_fault = lambda rcpts: next(
+        (reply for prefix, reply in faults.items() if rcpts[0].startswith(prefix)), None
+    )
+    sink.handler.hang_up = lambda rcpts: rcpts[0].startswith("cut")
+    names = ["r0", "busy", "r1", "gone", "r2", "spam", "r3", "closing", "r4", "cut", "r5", "gone2"]
+    transport = SMTPTransport(host="127.0.0.1", port=sink.port, timeout=5)
+    with closing(transport), transport.session() as connection:
+        letters = [Letter(f"{name}@example.com", MESSAGE) for name in names]
+        outcomes = [
+            (mail.recipient.split("@")[0], error.code if error else "ok")
+            for mail, error in connection.send_many("a@example.jp", letters)
+        ]
+    assert outcomes == [
+        ("r0", "ok"),
+        ("busy", 451),
+        ("r1", "ok"),
+        ("gone", 550),
+        ("r2", "ok"),
+        ("spam", 554),
+        ("r3", "ok"),
+        ("closing", 421),
+        ("r4", "ok"),
+        ("cut", None),  # connection lost: no code, kept for a retry
+        ("r5", "ok"),
+        ("gone2", 550),
+    ]
+    assert [r.recipients[0] for r in sink.received] == [f"r{n}@example.com" for n in range(6)]
+    assert sink.handler.connections == 3  # a new session after the 421 and after the cut
 
 
 def test_reconnects_after_the_server_drops_the_session() -> None:
