@@ -290,9 +290,8 @@ def analyze(engine: Engine) -> None:
 
 def ledger_states(engine: Engine) -> dict[str, int]:
     with engine.connect() as conn:
-        return dict(
-            conn.execute(select(Delivery.state, func.count()).group_by(Delivery.state)).tuples().all()
-        )
+        rows = conn.execute(select(Delivery.state, func.count()).group_by(Delivery.state))
+        return dict(rows.all())
 
 
 # --- worker processes -------------------------------------------------------------------------

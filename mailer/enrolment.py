@@ -13,10 +13,11 @@ from datetime import datetime
 from typing import cast
 
 from sqlalchemy import Table, bindparam, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from mailer import schedule, store
 from mailer.config import Site
+from mailer.db import session_scope
 from mailer.models import Delivery, Enrolment, SequenceVersion, Subscriber
 from mailer.sequences import Catalog, Sequence, Step
 
@@ -99,23 +100,40 @@ def plan(
             return None
     due = _due(site, subscriber, sequence, step, enrolment)
     enrolment.next_due_at = None
-    delivery_id = store.insert_delivery(
-        session,
-        subscriber_id=subscriber.id,
-        kind="step",
-        enrolment_id=enrolment.id,
-        sequence_id=sequence.id,
-        step_id=step.id,
-        state="pending",
-        due_at=due,
-        available_at=due,
-        attempts=0,
-        created_at=now,
-    )
-    if delivery_id is not None:
-        return delivery_id
-    # The ledger has this step for them already: skipped while they were away, it goes out again
-    # (they re-subscribed); sent, the cursor moves on; pending, it is on its way.
+    planned = store.insert_step_deliveries(session, [_step_row(subscriber, enrolment, step, due, now)])
+    if enrolment.id in planned:
+        return planned[enrolment.id]
+    return _planned_before(session, site, subscriber, sequence, enrolment, step, due)
+
+
+def _step_row(
+    subscriber: Subscriber, enrolment: Enrolment, step: Step, due: datetime, now: datetime
+) -> dict[str, object]:
+    return {
+        "subscriber_id": subscriber.id,
+        "kind": "step",
+        "enrolment_id": enrolment.id,
+        "sequence_id": enrolment.sequence_id,
+        "step_id": step.id,
+        "state": "pending",
+        "due_at": due,
+        "available_at": due,
+        "attempts": 0,
+        "created_at": now,
+    }
+
+
+def _planned_before(
+    session: Session,
+    site: Site,
+    subscriber: Subscriber,
+    sequence: Sequence,
+    enrolment: Enrolment,
+    step: Step,
+    due: datetime,
+) -> int | None:
+    """The ledger has this step for them already: skipped while they were away, it goes out again
+    (they re-subscribed); sent, the cursor moves on; pending, it is on its way."""
     existing = session.scalars(
         select(Delivery).where(
             Delivery.subscriber_id == subscriber.id,
@@ -135,25 +153,47 @@ def plan(
     return None
 
 
-def plan_due(session: Session, site: Site, catalog: Catalog, now: datetime, limit: int = 500) -> int:
-    """One scheduler pass over the cursor index: plan every step due by `now`. Rows planned."""
+def plan_due(
+    sessions: sessionmaker[Session], site: Site, catalog: Catalog, now: datetime, limit: int = 500
+) -> int:
+    """One scheduler pass over the cursor index: plan every step due by `now`. Rows planned.
+
+    Each batch of `limit` cursors is one transaction: claimed, and its ledger rows added in one
+    INSERT, so the pass costs what is due and never holds the database for long.
+    """
     planned = 0
     while True:
-        ids = store.claim_due_enrolments(session, now=now, limit=limit)
-        if not ids:
-            return planned
-        rows = session.execute(
-            select(Enrolment, Subscriber).join(Subscriber).where(Enrolment.id.in_(ids))
-        ).all()
-        for enrolment, subscriber in rows:
-            sequence = catalog.get(enrolment.sequence_id)
-            if sequence is None or enrolment.state != "active" or subscriber.state != "confirmed":
-                log.warning("enrolment.unplannable enrolment_id=%s", enrolment.id)
-                continue
-            # plan() reads next_step_id; claim_due_enrolments already cleared next_due_at
-            if plan(session, site, subscriber, sequence, enrolment, now) is not None:
-                planned += 1
-        session.flush()
+        with session_scope(sessions) as session:
+            ids = store.claim_due_enrolments(session, now=now, limit=limit)
+            if not ids:
+                return planned
+            planned += _plan_batch(session, site, catalog, ids, now)
+
+
+def _plan_batch(session: Session, site: Site, catalog: Catalog, ids: list[int], now: datetime) -> int:
+    rows = session.execute(select(Enrolment, Subscriber).join(Subscriber).where(Enrolment.id.in_(ids))).all()
+    planned = 0
+    due: list[tuple[Enrolment, Subscriber, Sequence, Step, datetime]] = []
+    for enrolment, subscriber in rows:
+        sequence = catalog.get(enrolment.sequence_id)
+        if sequence is None or enrolment.state != "active" or subscriber.state != "confirmed":
+            log.warning("enrolment.unplannable enrolment_id=%s", enrolment.id)
+            continue
+        step = sequence.step(enrolment.next_step_id)
+        if step is None:  # removed from the file: plan() finds what comes instead
+            planned += plan(session, site, subscriber, sequence, enrolment, now) is not None
+            continue
+        # claim_due_enrolments already cleared next_due_at
+        at = _due(site, subscriber, sequence, step, enrolment)
+        due.append((enrolment, subscriber, sequence, step, at))
+    inserted = store.insert_step_deliveries(session, [_step_row(s, e, st, t, now) for e, s, _, st, t in due])
+    for enrolment, subscriber, sequence, step, at in due:
+        if (
+            enrolment.id in inserted
+            or _planned_before(session, site, subscriber, sequence, enrolment, step, at) is not None
+        ):
+            planned += 1
+    return planned
 
 
 def enter(

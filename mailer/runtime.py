@@ -102,8 +102,7 @@ class Runtime:
         catalog = self.catalog()
         with session_scope(self.sessions) as session:
             enrolment.apply_edits(session, self.site, catalog, now)
-        with session_scope(self.sessions) as session:
-            return enrolment.plan_due(session, self.site, catalog, now)
+        return enrolment.plan_due(self.sessions, self.site, catalog, now)
 
     def tick(self, now: Callable[[], datetime], *, max_batches: int | None = None) -> tuple[int, Report]:
         """One scheduler pass and the sending of what is due: `mailer tick` and the tests."""

@@ -102,14 +102,30 @@ def claim_due_enrolments(session: Session, *, now: datetime, limit: int) -> list
     return sorted(claimed.scalars())
 
 
+def _insert(session: Session) -> Any:
+    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+
+
 def insert_delivery(session: Session, **values: object) -> int | None:
     """Add a ledger row unless its uniqueness rule already has one; the new id, or None."""
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     result = session.execute(
-        insert(Delivery).values(**values).on_conflict_do_nothing().returning(Delivery.id)
+        _insert(session)(Delivery).values(**values).on_conflict_do_nothing().returning(Delivery.id)
     )
     return result.scalar_one_or_none()
+
+
+def insert_step_deliveries(session: Session, rows: list[dict[str, object]]) -> dict[int, int]:
+    """Add seminar steps' ledger rows in one statement, each unless the ledger already has it.
+    The new ids by enrolment."""
+    if not rows:
+        return {}
+    result = session.connection().execute(
+        _insert(session)(_DELIVERIES)
+        .values(rows)
+        .on_conflict_do_nothing()
+        .returning(_DELIVERIES.c.enrolment_id, _DELIVERIES.c.id)
+    )
+    return dict(result.all())
 
 
 def skip_open_deliveries(

@@ -302,6 +302,38 @@ def test_resubscribing_resumes_at_the_next_step_not_received(
     ]
 
 
+def test_a_step_skipped_while_away_goes_out_once_after_coming_back(
+    runtime: Runtime, sink: Sink, home: Path
+) -> None:
+    """Lesson-2 was already in the ledger (planned, not sent) when the reader left; back and due
+    again, the scheduler revives that row instead of adding a second one."""
+    from tests.helpers import confirm, confirm_token, subscribe, text_of
+
+    sid = join(runtime, sink, "away@example.com", at("2026-12-01 10:00"))
+    tick_through(runtime, at("2026-12-01 10:00"), at("2026-12-02 10:00"))
+    assert runtime.plan(at("2026-12-04 12:30")) == 1  # lesson-2 planned, not yet handed to SMTP
+    with session_scope(runtime.sessions) as session:
+        signup.unsubscribe(session, UnsubscribeClaim(sid, None), at("2026-12-04 12:31"))
+    assert ledger(runtime, sid)["lesson-2"] == "skipped"
+    subscribe(runtime, "away@example.com", at("2026-12-09 10:00"))
+    runtime.tick(lambda: at("2026-12-09 10:00"))
+    confirmation = [m for m in sink.to("away@example.com") if "/confirm/" in text_of(m)][-1]
+    confirm(runtime, confirm_token(confirmation), at("2026-12-09 10:05"))
+    assert runtime.plan(at("2026-12-09 12:30")) == 1
+    tick_through(runtime, at("2026-12-09 12:30"), at("2026-12-11 10:00"))
+    assert timetable(sink, "away@example.com", home) == [
+        ("welcome", "12-01 10:00"),
+        ("lesson-1", "12-02 09:00"),
+        ("lesson-2", "12-09 12:30"),
+        ("lesson-3", "12-11 09:00"),
+    ]
+    with session_scope(runtime.sessions) as session:
+        rows = session.scalars(
+            select(Delivery.state).where(Delivery.subscriber_id == sid, Delivery.step_id == "lesson-2")
+        ).all()
+    assert rows == ["sent"]
+
+
 def test_finishing_the_seminar_enrols_in_the_magazine(runtime: Runtime, sink: Sink) -> None:
     """After the last step the reader is on the `then` list (the mail magazine)."""
     sid = join(runtime, sink, "done@example.com", at("2026-12-01 10:00"))
