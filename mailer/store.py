@@ -119,11 +119,13 @@ def insert_step_deliveries(session: Session, rows: list[dict[str, object]]) -> d
     The new ids by enrolment."""
     if not rows:
         return {}
+    # Executed for many rows with RETURNING: SQLAlchemy sends it as multi-row INSERTs from one
+    # cached statement ("insertmanyvalues").
     result = session.connection().execute(
         _insert(session)(_DELIVERIES)
-        .values(rows)
         .on_conflict_do_nothing()
-        .returning(_DELIVERIES.c.enrolment_id, _DELIVERIES.c.id)
+        .returning(_DELIVERIES.c.enrolment_id, _DELIVERIES.c.id),
+        rows,
     )
     return dict(result.all())
 
