@@ -390,9 +390,7 @@ class Deliverer:
         the cursors of what it took moved on."""
         sent = [job for job in outcomes.sent if job.delivery_id in marked]
         report.sent += len(sent)
-        unsent = [job.delivery_id for job in outcomes.tried() if job.delivery_id in marked]
-        unsent = sorted(set(unsent) - {job.delivery_id for job in sent})
-        if unsent:
+        if unsent := sorted(marked - {job.delivery_id for job in sent}):
             store.unmark_sent(session, unsent, token)
         # The group's rows are locked: the cursors read with the claim are still theirs.
         cursor.move_past_sent(session, self.site, catalog, [j.step for j in sent if j.step is not None], now)

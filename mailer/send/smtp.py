@@ -126,8 +126,10 @@ class SMTPConnection:
         started: bool | DeliveryError = False  # for `mail`: its DATA answered 354, or refused
         while mail is not None:
             if not (sender.isascii() and mail.recipient.isascii()):
-                whole = partial(self._sendmail_utf8, sender=sender, recipient=mail.recipient)
-                yield mail, self._attempt(partial(whole, message=mail.message))
+                utf8 = partial(
+                    self._sendmail_utf8, sender=sender, recipient=mail.recipient, message=mail.message
+                )
+                yield mail, self._attempt(utf8)
                 mail, started = next(queue, None), False
                 continue
             if started is False:

@@ -180,9 +180,7 @@ class Letter(NamedTuple):
 
 
 @pytest.mark.parametrize("pipelining", [True, False])
-def test_a_batch_reports_each_mail_and_no_refusal_spoils_its_neighbours(
-    pipelining: bool, sink: Sink
-) -> None:
+def test_a_batch_reports_each_mail_and_no_refusal_spoils_its_neighbours(pipelining: bool, sink: Sink) -> None:
     """One `send_many` (each mail's content travels with the next envelope when the relay
     pipelines): refusals at RCPT and at the end of DATA, a 421 and a lost connection each hit
     their own mail only."""
