@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import email
 import email.policy
+import threading
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -16,7 +18,7 @@ from sqlalchemy import select
 
 from mailer.db import session_scope
 from mailer.errors import DeliveryError
-from mailer.models import DeliveryAttempt
+from mailer.models import DeliveryAttempt, Enrolment
 from mailer.render import MailTemplate, Recipient
 from mailer.runtime import Runtime
 from mailer.send import M
@@ -24,6 +26,7 @@ from mailer.send.smtp import SMTPConnection, SMTPTransport
 from mailer.stats import collect
 from tests.conftest import Sink, make_settings
 from tests.helpers import at, join, ledger, ledger_row
+from tests.services import PostgresServer
 
 NOW = datetime(2026, 12, 1, 0, 0, tzinfo=UTC)
 READERS = [
@@ -193,4 +196,54 @@ def test_a_crash_resends_at_most_the_group_in_flight(home: Path, database_url: s
     assert sorted(set(received)) == sorted(f"c{n}@example.com" for n in range(30))
     assert len(received) - 30 == 5  # re-sent: only what SMTP took after the last commit
     assert all(ledger(runtime, i)["lesson-1"] == "sent" for i in ids)
+    runtime.close()
+
+
+class OutageTransport(SMTPTransport):
+    """SMTP to the sink; once SMTP has taken the first group, PostgreSQL stops for a second."""
+
+    def __init__(self, sink: Sink, postgres: PostgresServer) -> None:
+        super().__init__(host="127.0.0.1", port=sink.port)
+        self.postgres = postgres
+        self.restart = threading.Thread(target=lambda: (time.sleep(1.0), postgres.start()))
+
+    @contextmanager
+    def session(self) -> Iterator[SMTPConnection]:
+        with super().session() as connection:
+            send_many = connection.send_many
+
+            def send_then_stop(sender: str, mails: Iterable[M]) -> Iterator[tuple[M, DeliveryError | None]]:
+                yield from send_many(sender, mails)
+                if not self.restart.is_alive() and self.restart.ident is None:
+                    self.postgres.stop()  # before the group is recorded
+                    self.restart.start()
+
+            connection.send_many = send_then_stop  # type: ignore[method-assign]
+            yield connection
+
+
+def test_a_group_smtp_took_is_recorded_once_the_database_is_back(
+    home: Path, postgres: PostgresServer, sink: Sink, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The database goes away after SMTP accepted a group: the worker waits and records it, and
+    sends none of it again."""
+    runtime = Runtime(make_settings(home, postgres.new_database(), sink.url), sending=True)
+    runtime.upgrade_db()
+    ids = [join(runtime, sink, f"o{n}@example.com", at("2026-12-01 10:00")) for n in range(30)]
+    runtime.plan(at("2026-12-02 09:00"))
+    sink.clear()
+    transport = OutageTransport(sink, postgres)
+    runtime.transport_override = transport
+    try:
+        report = runtime.deliverer().run(lambda: at("2026-12-02 09:00"))
+    finally:
+        transport.restart.join(30)
+    assert report.sent == 30
+    assert "delivery.record_waiting" in caplog.text  # the first group waited for the database
+    assert sorted(r.recipients[0] for r in sink.received) == sorted(f"o{n}@example.com" for n in range(30))
+    assert all(ledger(runtime, i)["lesson-1"] == "sent" for i in ids)
+    with session_scope(runtime.sessions) as session:
+        cursors = session.scalars(select(Enrolment.next_step_id).where(Enrolment.subscriber_id.in_(ids)))
+        assert set(cursors) == {"lesson-2"}
+    transport.close()
     runtime.close()
