@@ -105,6 +105,7 @@ class SinkHandler:
         # The connection lost after the content came in, before any reply: the mail is not kept.
         self.hang_up: Callable[[list[str]], bool] = lambda _rcpts: False
         self.delay = 0.0  # seconds each DATA takes: a slower relay, so a send lasts long enough
+        self.per_session: int | None = None  # mails a session may carry; then MAIL gets 421
         self.pipelining = True  # announce PIPELINING (RFC 2920), as real relays do
         self.lock = threading.Lock()
 
@@ -117,6 +118,15 @@ class SinkHandler:
         if self.pipelining:
             responses.insert(-1, "250-PIPELINING")
         return responses
+
+    async def handle_MAIL(
+        self, server: Any, session: Any, envelope: Any, address: str, mail_options: list[str]
+    ) -> str:
+        if self.per_session is not None and getattr(session, "carried", 0) >= self.per_session:
+            return "421 4.7.0 too many mails in this session"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
 
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
@@ -140,6 +150,7 @@ class SinkHandler:
             self.received.append(
                 Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content)
             )
+        session.carried = getattr(session, "carried", 0) + 1
         return "250 Message accepted"
 
 

@@ -152,28 +152,32 @@ class SMTPConnection:
 
     def _attempt(self, action: Callable[[smtplib.SMTP], None]) -> DeliveryError | None:
         """`action` on the session, opened if need be, and once more on a new session if the
-        server had closed a reused one before taking anything; its error returned, not raised."""
+        server had closed a reused one (or ended it with 421) before taking anything; its error
+        returned, not raised."""
         fresh = self.client is None
         try:
-            if self.client is None:
-                self.client = self._connect()
             try:
-                action(self.client)
+                self._run(action)
             except _NotStartedError as exc:
-                self._drop()
                 if fresh:
-                    raise TransientDeliveryError(f"smtp: connection lost: {exc.__cause__}") from exc
-                self.client = self._connect()
-                try:
-                    action(self.client)
-                except _NotStartedError as again:
-                    self._drop()
-                    raise TransientDeliveryError(f"smtp: connection lost: {again.__cause__}") from again
+                    return _lost(exc)
+                self._run(action)
+        except _NotStartedError as again:
+            return _lost(again)
         except DeliveryError as error:
             return error
         finally:
             self.used = time.monotonic()
         return None
+
+    def _run(self, action: Callable[[smtplib.SMTP], None]) -> None:
+        if self.client is None:
+            self.client = self._connect()
+        try:
+            action(self.client)
+        except _NotStartedError:
+            self._drop()
+            raise
 
     def _envelope(self, client: smtplib.SMTP, sender: str, recipient: str) -> None:
         """MAIL, RCPT and DATA for a mail, up to the server's 354; a refusal raised after RSET."""
@@ -211,6 +215,8 @@ class SMTPConnection:
             raise TransientDeliveryError(f"smtp: connection lost: {exc}") from exc
         code, text = refusal or replies[-1]
         self._reset(code)
+        if code == 421:  # the server ends the session (a limit of mails per session, a restart)
+            raise _NotStartedError from classify(code, text)
         raise classify(code, text)
 
     def _finish(self, message: bytes, envelope: bytes) -> tuple[DeliveryError | None, bool | DeliveryError]:
@@ -242,7 +248,7 @@ class SMTPConnection:
             self._check_envelope(client, replies)
         except DeliveryError as refused:
             return error, refused
-        except (OSError, smtplib.SMTPException):
+        except (_NotStartedError, OSError, smtplib.SMTPException):
             self._drop()  # the next mail starts over on a new session
             return error, False
         return error, True
@@ -290,6 +296,13 @@ def _envelope_commands(sender: str, recipient: str) -> bytes:
 
 class _NotStartedError(Exception):
     """The session was gone before the server took any part of this mail."""
+
+
+def _lost(exc: _NotStartedError) -> DeliveryError:
+    """What a mail that never started reports: the server's 421, or the lost connection."""
+    if isinstance(exc.__cause__, DeliveryError):
+        return exc.__cause__
+    return TransientDeliveryError(f"smtp: connection lost: {exc.__cause__}")
 
 
 class SMTPTransport:

@@ -217,6 +217,25 @@ def test_a_batch_reports_each_mail_and_no_refusal_spoils_its_neighbours(pipelini
     assert sink.handler.connections == 3  # a new session after the 421 and after the cut
 
 
+@pytest.mark.parametrize("pipelining", [True, False])
+def test_a_relay_that_caps_mails_per_session_costs_a_reconnect_not_a_retry(
+    pipelining: bool, sink: Sink
+) -> None:
+    """A 421 to MAIL ends the session, nothing taken: the mail goes at once on a new session."""
+    sink.handler.pipelining = pipelining
+    sink.handler.per_session = 3
+    transport = SMTPTransport(host="127.0.0.1", port=sink.port, timeout=5)
+    letters = [Letter(f"r{n}@example.com", MESSAGE) for n in range(10)]
+    with closing(transport), transport.session() as connection:
+        errors = [error for _, error in connection.send_many("a@example.jp", letters)]
+        connection.send("a@example.jp", "single@example.com", MESSAGE)  # the 4th of its session
+    assert errors == [None] * 10
+    assert [r.recipients[0] for r in sink.received] == [f"r{n}@example.com" for n in range(10)] + [
+        "single@example.com"
+    ]
+    assert sink.handler.connections == 4
+
+
 def test_reconnects_after_the_server_drops_the_session() -> None:
     """When the relay goes away mid-session the mail is kept for later and the next send reconnects."""
     handler = SinkHandler()
