@@ -296,6 +296,18 @@ def after_sent(
         enrol_after(session, site, catalog, subscriber, sequence.then, now)
 
 
+_ENROLMENTS = cast("Table", Enrolment.__table__)
+_MOVE_PAST_SENT = (  # built once: the send path runs it for every group
+    update(_ENROLMENTS)
+    .where(_ENROLMENTS.c.id == bindparam("moved_id"), _ENROLMENTS.c.state == "active")  # none stopped since
+    .values(
+        next_step_id=bindparam("moved_step"),
+        next_due_at=bindparam("moved_due"),
+        shift_days=bindparam("moved_shift"),
+    )
+)
+
+
 def move_past_sent(session: Session, site: Site, catalog: Catalog, group: list[Sent], now: datetime) -> None:
     """after_sent() for a group of steps that went out, in one UPDATE: the send path's way."""
     changes = []
@@ -318,17 +330,7 @@ def move_past_sent(session: Session, site: Site, catalog: Catalog, group: list[S
             finished.append((sent.subscriber_id, sequence.then))
     if changes:
         # One statement executed for the whole group (executemany), not an ORM flush per reader.
-        table = cast("Table", Enrolment.__table__)
-        session.connection().execute(
-            update(table)
-            .where(table.c.id == bindparam("moved_id"), table.c.state == "active")  # not one stopped since
-            .values(
-                next_step_id=bindparam("moved_step"),
-                next_due_at=bindparam("moved_due"),
-                shift_days=bindparam("moved_shift"),
-            ),
-            changes,
-        )
+        session.connection().execute(_MOVE_PAST_SENT, changes)
     for subscriber_id, then in finished:
         subscriber = session.get(Subscriber, subscriber_id)
         if subscriber is not None:

@@ -5,13 +5,13 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Select, Table, func, select, update
+from sqlalchemy import Select, Table, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from mailer.models import Delivery, Enrolment, Subscriber
 
-_DELIVERIES = cast("Table", Delivery.__table__)  # the send path's statements skip the ORM layer
+_DELIVERIES = cast("Table", Delivery.__table__)  # for the statements that skip the ORM layer
 CLAIMABLE = ("pending", "sending")
 OPEN = ("pending", "sending")
 
@@ -56,6 +56,26 @@ def claim_deliveries(
     return sorted(claimed.scalars())
 
 
+# The send path's statements, built once: they run for every group of `commit_every` mails.
+_MARK_SENT = (
+    update(_DELIVERIES)
+    .where(
+        _DELIVERIES.c.id.in_(bindparam("ids", expanding=True)),
+        _DELIVERIES.c.claimed_by == bindparam("worker"),
+        _DELIVERIES.c.state == "sending",
+    )
+    .values(state="sent", sent_at=bindparam("now"), claimed_by=None, attempts=_DELIVERIES.c.attempts + 1)
+    .returning(_DELIVERIES.c.id)
+)
+_UNMARK_SENT = (
+    update(_DELIVERIES)
+    .where(_DELIVERIES.c.id.in_(bindparam("ids", expanding=True)), _DELIVERIES.c.state == "sent")
+    .values(
+        state="sending", sent_at=None, claimed_by=bindparam("worker"), attempts=_DELIVERIES.c.attempts - 1
+    )
+)
+
+
 def mark_sent(session: Session, ids: list[int], worker: str, now: datetime) -> set[int]:
     """Of these rows, those `worker` still holds unsent: marked sent, and locked until the
     transaction ends.
@@ -65,24 +85,13 @@ def mark_sent(session: Session, ids: list[int], worker: str, now: datetime) -> s
     unsubscribe that arrives meanwhile waits for the commit (on PostgreSQL the row locks; on SQLite
     the write lock of BEGIN IMMEDIATE holds the whole database).
     """
-    table = _DELIVERIES
-    marked = session.connection().execute(
-        update(table)
-        .where(table.c.id.in_(ids), table.c.claimed_by == worker, table.c.state == "sending")
-        .values(state="sent", sent_at=now, claimed_by=None, attempts=table.c.attempts + 1)
-        .returning(table.c.id)
-    )
+    marked = session.connection().execute(_MARK_SENT, {"ids": ids, "worker": worker, "now": now})
     return set(marked.scalars())
 
 
 def unmark_sent(session: Session, ids: list[int], worker: str) -> None:
     """Undo `mark_sent` for rows SMTP did not take: claimed by `worker` again, as before it."""
-    table = _DELIVERIES
-    session.connection().execute(
-        update(table)
-        .where(table.c.id.in_(ids), table.c.state == "sent")
-        .values(state="sending", sent_at=None, claimed_by=worker, attempts=table.c.attempts - 1)
-    )
+    session.connection().execute(_UNMARK_SENT, {"ids": ids, "worker": worker})
 
 
 def claim_due_enrolments(session: Session, *, now: datetime, limit: int) -> list[int]:
