@@ -77,8 +77,8 @@ class Sizes:
     naive: int = 1_000  # a rate: fewer suffice
     engine: int = 20_000  # due deliveries in the ledger, as the issue asks
     memory: int = 100_000
-    # An engine row adds rounds only while it has used less than this: at today's engine speed one
-    # round of 20,000 takes over a minute, and the whole `make bench` must stay near 15 minutes.
+    # An engine row adds rounds only while it has used less than this, so that a slow engine (a
+    # regression, a loaded machine) cannot stretch `make bench` much past its usual 6 minutes.
     engine_budget: float = 45.0
 
 
