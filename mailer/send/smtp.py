@@ -54,6 +54,9 @@ class SMTPConnection:
         self.t = transport
         self.client: smtplib.SMTP | None = None
         self.used = time.monotonic()
+        # DATA answered 354 and the content not yet sent: the server reads anything as the mail
+        # now, so a session left so (its sender stopped midway) is closed without a word.
+        self.in_data = False
 
     def _open(self) -> smtplib.SMTP:
         t = self.t
@@ -93,9 +96,12 @@ class SMTPConnection:
             with suppress(OSError, smtplib.SMTPException):
                 self.client.close()
         self.client = None
+        self.in_data = False
 
     def refresh(self) -> None:
         """After sitting in the pool: close a long-idle session, check a fairly idle one."""
+        if self.in_data:
+            self._drop()
         if self.client is None:
             return
         idle = time.monotonic() - self.used
@@ -199,6 +205,7 @@ class SMTPConnection:
             self._drop()
             raise TransientDeliveryError(f"smtp: {exc}") from exc
         self._check_envelope(client, replies)
+        self.in_data = True
 
     def _check_envelope(self, client: smtplib.SMTP, replies: list[tuple[int, bytes]]) -> None:
         refusal = next(((c, m) for c, m in replies[:2] if c not in {250, 251}), None)
@@ -230,6 +237,7 @@ class SMTPConnection:
         end = b".\r\n" if message.endswith(b"\r\n") else b"\r\n.\r\n"
         try:
             client.send(message + end + envelope)
+            self.in_data = False
             code, text = client.getreply()
         except (OSError, smtplib.SMTPException) as exc:
             self._drop()
@@ -251,6 +259,7 @@ class SMTPConnection:
         except (_NotStartedError, OSError, smtplib.SMTPException):
             self._drop()  # the next mail starts over on a new session
             return error, False
+        self.in_data = True
         return error, True
 
     def _sendmail_utf8(self, client: smtplib.SMTP, sender: str, recipient: str, message: bytes) -> None:
@@ -284,7 +293,7 @@ class SMTPConnection:
             self._drop()
 
     def close(self) -> None:
-        if self.client is not None:
+        if self.client is not None and not self.in_data:
             with suppress(OSError, smtplib.SMTPException):
                 self.client.quit()
         self._drop()
