@@ -78,6 +78,17 @@ def report(title: str, **figures: object) -> None:
     print(f"\n[chaos] {title}: " + ", ".join(f"{k}={v}" for k, v in figures.items()))  # noqa: T201
 
 
+def assert_fault_survived(stack: Stack, title: str, allowed_duplicates: int, **figures: object) -> None:
+    """The fault's figures printed, then the ledger's promise over FAULT_READERS readers: no mail
+    lost, at most `allowed_duplicates` sent twice, every row sent."""
+    tally = Tally.of(stack.sink)
+    lost = tally.lost(addresses(FAULT_READERS))
+    report(title, lost=lost, duplicates=tally.duplicates, **figures)
+    assert lost == 0
+    assert tally.duplicates <= allowed_duplicates
+    assert ledger_states(stack.runtime) == {"sent": FAULT_READERS * len(STEPS)}
+
+
 def test_three_workers_and_two_beats_send_each_step_once(stack: Stack) -> None:
     runtime = stack.runtime
     with running(stack):
@@ -115,20 +126,16 @@ def test_a_worker_killed_five_times_mid_send_loses_nothing(stack: Stack) -> None
             stack.start(name, "worker")
         sent_at_last_kill = len(stack.sink.received)
         seconds = settle(stack, total)
-    tally = Tally.of(stack.sink)
     in_flight_bound = 5 * CONCURRENCY * COMMIT_EVERY
-    report(
+    assert_fault_survived(
+        stack,
         "SIGKILL a worker 5 times",
-        lost=tally.lost(addresses(FAULT_READERS)),
-        duplicates=tally.duplicates,
+        in_flight_bound,
         bound=in_flight_bound,
         sent_at_last_kill=sent_at_last_kill,
         seconds_to_finish=f"{seconds:.1f}",
     )
     assert sent_at_last_kill < total, "the kills came after the send was over"
-    assert tally.lost(addresses(FAULT_READERS)) == 0
-    assert tally.duplicates <= in_flight_bound
-    assert ledger_states(runtime) == {"sent": total}
 
 
 def test_redis_restarted_empty_mid_send_loses_nothing_and_resumes(stack: Stack) -> None:
@@ -145,16 +152,9 @@ def test_redis_restarted_empty_mid_send_loses_nothing_and_resumes(stack: Stack) 
         wait_until(lambda: len(stack.sink.received) > before + 50, 60, "sending to resume")
         resumed = time.monotonic() - restarted
         settle(stack, total)
-    tally = Tally.of(stack.sink)
-    report(
-        "Redis restarted empty",
-        lost=tally.lost(addresses(FAULT_READERS)),
-        duplicates=tally.duplicates,
-        seconds_to_resume=f"{resumed:.1f}",
+    assert_fault_survived(
+        stack, "Redis restarted empty", 3 * CONCURRENCY * COMMIT_EVERY, seconds_to_resume=f"{resumed:.1f}"
     )
-    assert tally.lost(addresses(FAULT_READERS)) == 0
-    assert tally.duplicates <= 3 * CONCURRENCY * COMMIT_EVERY
-    assert ledger_states(runtime) == {"sent": total}
 
 
 def test_postgresql_away_for_20_seconds_loses_nothing(stack: Stack) -> None:
@@ -175,17 +175,13 @@ def test_postgresql_away_for_20_seconds_loses_nothing(stack: Stack) -> None:
         wait_until(lambda: len(stack.sink.received) > before + 50, 60, "sending to resume")
         resumed = time.monotonic() - started
         settle(stack, total)
-    tally = Tally.of(stack.sink)
-    report(
+    assert_fault_survived(
+        stack,
         "PostgreSQL away 20 s",
-        lost=tally.lost(addresses(FAULT_READERS)),
-        duplicates=tally.duplicates,
+        3 * CONCURRENCY * COMMIT_EVERY,
         seconds_to_healthy=f"{healthy:.1f}",
         seconds_to_resume=f"{resumed:.1f}",
     )
-    assert tally.lost(addresses(FAULT_READERS)) == 0
-    assert tally.duplicates <= 3 * CONCURRENCY * COMMIT_EVERY
-    assert ledger_states(runtime) == {"sent": total}
 
 
 def _health(database: str, broker: str) -> dict[str, str]:
