@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -11,7 +12,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -396,6 +397,24 @@ class Figure:
     @property
     def peak_rss(self) -> float:
         return max(self.rss) if self.rss else float("nan")
+
+
+def bench_main(module: str, doc: str | None, title: str, body: Callable[[bool], None]) -> int:
+    """A benchmark's command line: `--quick`, the header, `body(quick)`, a failed check as exit 1,
+    then the time it took and the command that gives the same run."""
+    parser = argparse.ArgumentParser(description=doc)
+    parser.add_argument("--quick", action="store_true", help="small sizes, to work on the benchmark")
+    quick = parser.parse_args().quick
+    header(title)
+    started = time.monotonic()
+    try:
+        body(quick)
+    except CheckFailedError as exc:
+        console.print(f"[red]CHECK FAILED:[/red] {exc}")
+        return 1
+    console.print(f"{module.rsplit('.', 1)[-1]} benchmark: {time.monotonic() - started:.0f} s")
+    console.print(f"command: uv run --frozen python -m {module}{' --quick' if quick else ''}")
+    return 0
 
 
 def header(title: str) -> None:

@@ -7,7 +7,6 @@ mail not sent, or not received); a missed performance goal is printed, not an er
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
@@ -30,12 +29,12 @@ from bench.common import (
     CheckFailedError,
     Figure,
     SmtpSink,
+    bench_main,
     console,
     fmt_mb,
     fmt_rate,
     fmt_rounds,
     fresh_runtime,
-    header,
     ledger_states,
     make_home,
     make_settings,
@@ -416,33 +415,22 @@ def report(rows: list[Row], goals: list[tuple[str, str, str, bool | None]]) -> N
     console.print(checks)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="small sizes, to work on the benchmark")
-    args = parser.parse_args()
-    sizes = QUICK if args.quick else Sizes()
-    header("mailer send benchmark: the limit, the naive way, the engine")
-    started = time.monotonic()
-    try:
-        with tempfile.TemporaryDirectory(prefix="mailer-bench-") as tmp:
-            folder = Path(tmp)
-            home = make_home(folder)
-            with smtp_sink(folder) as sink, postgres_server() as pg, redis_server() as rs:
-                naive.app.conf.broker_url = rs.url
-                bench = Bench(folder, home, sink, pg, rs.url, sizes, folder / "workers.log")
-                try:
-                    rows, goals = run(bench)
-                except CheckFailedError:
-                    console.print(f"worker log, last lines:\n{tail(bench.log)}", markup=False)
-                    raise
-            report(rows, goals)
-    except CheckFailedError as exc:
-        console.print(f"[red]CHECK FAILED:[/red] {exc}")
-        return 1
-    console.print(f"send benchmark: {time.monotonic() - started:.0f} s")
-    console.print(f"command: uv run --frozen python -m bench.send{' --quick' if args.quick else ''}")
-    return 0
+def send_benchmark(quick: bool) -> None:
+    sizes = QUICK if quick else Sizes()
+    with tempfile.TemporaryDirectory(prefix="mailer-bench-") as tmp:
+        folder = Path(tmp)
+        home = make_home(folder)
+        with smtp_sink(folder) as sink, postgres_server() as pg, redis_server() as rs:
+            naive.app.conf.broker_url = rs.url
+            bench = Bench(folder, home, sink, pg, rs.url, sizes, folder / "workers.log")
+            try:
+                rows, goals = run(bench)
+            except CheckFailedError:
+                console.print(f"worker log, last lines:\n{tail(bench.log)}", markup=False)
+                raise
+        report(rows, goals)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    title = "mailer send benchmark: the limit, the naive way, the engine"
+    sys.exit(bench_main("bench.send", __doc__, title, send_benchmark))

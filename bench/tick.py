@@ -8,7 +8,6 @@ plans the wrong number of rows; a cost that follows the list size is printed as 
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import tempfile
@@ -26,10 +25,10 @@ from bench.common import (
     STEP,
     CheckFailedError,
     analyze,
+    bench_main,
     bulk_insert,
     console,
     fresh_runtime,
-    header,
     make_home,
     make_settings,
     mark_applied,
@@ -218,32 +217,21 @@ def report(results: list[Result], plans: dict[str, str], sizes: Sizes) -> bool:
     return follows_due
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="small sizes, to work on the benchmark")
-    args = parser.parse_args()
-    sizes = QUICK if args.quick else Sizes()
-    header("mailer tick benchmark: the cost of a scheduler pass")
-    started = time.monotonic()
+def tick_benchmark(quick: bool) -> None:
+    sizes = QUICK if quick else Sizes()
     results: list[Result] = []
     plans: dict[str, str] = {}
-    try:
-        with tempfile.TemporaryDirectory(prefix="mailer-bench-") as tmp, postgres_server() as pg:
-            folder = Path(tmp)
-            home = make_home(folder)
-            for database in ("sqlite", "postgresql"):
-                for n in sizes.lists:
-                    idle, busy, plans[database] = measure(folder, home, database, n, sizes, pg)
-                    results += [idle, busy]
-    except CheckFailedError as exc:
-        console.print(f"[red]CHECK FAILED:[/red] {exc}")
-        return 1
+    with tempfile.TemporaryDirectory(prefix="mailer-bench-") as tmp, postgres_server() as pg:
+        folder = Path(tmp)
+        home = make_home(folder)
+        for database in ("sqlite", "postgresql"):
+            for n in sizes.lists:
+                idle, busy, plans[database] = measure(folder, home, database, n, sizes, pg)
+                results += [idle, busy]
     results.sort(key=lambda r: (r.database != "sqlite", r.due, r.enrolments))
     report(results, plans, sizes)
-    console.print(f"tick benchmark: {time.monotonic() - started:.0f} s")
-    console.print(f"command: uv run --frozen python -m bench.tick{' --quick' if args.quick else ''}")
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    title = "mailer tick benchmark: the cost of a scheduler pass"
+    sys.exit(bench_main("bench.tick", __doc__, title, tick_benchmark))
