@@ -236,6 +236,12 @@ class Stack:
             return 0, {}
         return response.status_code, response.json()
 
+    def exited(self) -> dict[str, int]:
+        """The processes that have ended on their own, with their exit codes."""
+        return {
+            name: code for name, process in self.processes.items() if (code := process.poll()) is not None
+        }
+
     def kill(self, name: str) -> None:
         process = self.processes.pop(name)
         process.kill()

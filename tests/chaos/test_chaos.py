@@ -152,6 +152,8 @@ def test_redis_restarted_empty_mid_send_loses_nothing_and_resumes(stack: Stack) 
         wait_until(lambda: len(stack.sink.received) > before + 50, 60, "sending to resume")
         resumed = time.monotonic() - restarted
         settle(stack, total)
+        exited = stack.exited()
+    assert exited == {}, "a process died with Redis instead of reconnecting"
     assert_fault_survived(
         stack, "Redis restarted empty", 3 * CONCURRENCY * COMMIT_EVERY, seconds_to_resume=f"{resumed:.1f}"
     )
@@ -175,6 +177,8 @@ def test_postgresql_away_for_20_seconds_loses_nothing(stack: Stack) -> None:
         wait_until(lambda: len(stack.sink.received) > before + 50, 60, "sending to resume")
         resumed = time.monotonic() - started
         settle(stack, total)
+        exited = stack.exited()
+    assert exited == {}, "a process died with PostgreSQL instead of waiting for it"
     assert_fault_survived(
         stack,
         "PostgreSQL away 20 s",
