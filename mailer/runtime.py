@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mailer import enrolment
 from mailer.config import Settings, Site, load_site
-from mailer.db import make_engine, make_session_factory, session_scope, upgrade
+from mailer.db import make_engine, make_session_factory, session_scope, upgrade, utcnow
 from mailer.deliver import Deliverer, Report
 from mailer.ratelimit import Limiter, limiter_for
 from mailer.render import Renderer
@@ -30,6 +30,7 @@ class Runtime:
     transport_override: Transport | None = None
     wake: Callable[[], None] = field(default=lambda: None)  # nudges a worker after a commit
     sending: bool = False  # a worker process: no pre-ping round trip per transaction (db.make_engine)
+    clock: Callable[[], datetime] = utcnow  # "now" for requests and tasks; tests pass a fixed one
 
     @cached_property
     def site(self) -> Site:

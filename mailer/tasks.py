@@ -13,7 +13,6 @@ from celery import Celery, signals
 from sqlalchemy.exc import OperationalError
 
 from mailer.config import Settings
-from mailer.db import utcnow
 from mailer.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -91,7 +90,7 @@ def wake() -> None:
 def tick() -> int:
     """Plan what is due, then wake the workers if anything is there to send."""
     try:
-        planned = runtime().plan(utcnow())
+        planned = runtime().plan(runtime().clock())
     except OperationalError as exc:
         log.warning("tick.database_unavailable error=%s", type(exc.orig).__name__)
         return 0
@@ -103,7 +102,7 @@ def tick() -> int:
 def deliver() -> int:
     """Send everything due now; duplicate wake-ups find nothing left to claim and return."""
     try:
-        report = runtime().deliverer().run(utcnow)
+        report = runtime().deliverer().run(runtime().clock)
     except OperationalError as exc:
         # Claimed rows wait for their lease to lapse; the next tick after the database is back
         # wakes a worker for them. Nothing is lost, nothing to retry here.

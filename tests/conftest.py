@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -209,10 +210,27 @@ def make_settings(home: Path, database_url: str, smtp_url: str, **overrides: Any
     )
 
 
+class Clock:
+    """A settable "now", shared by the engine (its pages and tasks) and the test: no test depends
+    on today's date."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
 @pytest.fixture
-def runtime(home: Path, database_url: str, sink: Sink) -> Iterator[Runtime]:
-    """The engine over a fresh database, sending to the aiosmtpd sink."""
-    rt = Runtime(make_settings(home, database_url, sink.url))
+def clock() -> Clock:
+    """2026-12-01 10:00 in Tokyo, until the test moves it."""
+    return Clock(datetime(2026, 12, 1, 1, 0, tzinfo=UTC))
+
+
+@pytest.fixture
+def runtime(home: Path, database_url: str, sink: Sink, clock: Clock) -> Iterator[Runtime]:
+    """The engine over a fresh database, sending to the aiosmtpd sink, on the test's clock."""
+    rt = Runtime(make_settings(home, database_url, sink.url), clock=clock)
     rt.upgrade_db()
     try:
         yield rt

@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mailer import signup
 from mailer.addresses import Refusal
-from mailer.db import session_scope, utcnow
+from mailer.db import session_scope
 from mailer.i18n import translator
 from mailer.ratelimit import Bucket, LimiterUnavailableError, Rate
 from mailer.runtime import Runtime
@@ -116,7 +116,7 @@ def create_app(runtime: Runtime, *, broker_ok: Callable[[], bool] = lambda: True
 
         def record() -> signup.Accepted | Refusal:
             with session_scope(runtime.sessions) as session:
-                return signup.subscribe(session, site, runtime.catalog(), req, utcnow())
+                return signup.subscribe(session, site, runtime.catalog(), req, runtime.clock())
 
         try:
             outcome = record()
@@ -136,7 +136,7 @@ def create_app(runtime: Runtime, *, broker_ok: Callable[[], bool] = lambda: True
         if claim is None:
             return message("invalid.title", t("invalid.body"), 400)
         with session_scope(runtime.sessions) as session:
-            outcome = signup.confirm(session, site, runtime.catalog(), claim, utcnow())
+            outcome = signup.confirm(session, site, runtime.catalog(), claim, runtime.clock())
         if outcome is None:
             return message("invalid.title", t("invalid.body"), 410)
         runtime.wake()
@@ -157,7 +157,7 @@ def create_app(runtime: Runtime, *, broker_ok: Callable[[], bool] = lambda: True
         if claim is None:
             return message("invalid.title", t("invalid.body"), 400)
         with session_scope(runtime.sessions) as session:
-            found = signup.unsubscribe(session, claim, utcnow())
+            found = signup.unsubscribe(session, claim, runtime.clock())
         if not found:
             return message("invalid.title", t("invalid.body"), 404)
         return message("unsubscribed.title", t("unsubscribed.body"))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import pytest
@@ -55,10 +54,6 @@ def subscribers(runtime: Runtime) -> list[Subscriber]:
         return rows
 
 
-def now() -> datetime:
-    return datetime.now(UTC)
-
-
 @sqlite_only
 def test_reader_signs_up_confirms_and_unsubscribes(
     page: Page, live: str, runtime: Runtime, sink: Sink
@@ -71,7 +66,7 @@ def test_reader_signs_up_confirms_and_unsubscribes(
     page.click("button[type=submit]")
     expect(page.locator("h1")).to_have_text("確認メールをお送りしました")
 
-    runtime.tick(now)
+    runtime.tick(runtime.clock)
     [confirmation] = sink.to(address)
     link = CONFIRM_LINK.search(text_of(confirmation))
     assert link, "no confirmation link in the mail"
@@ -80,7 +75,7 @@ def test_reader_signs_up_confirms_and_unsubscribes(
     [reader] = subscribers(runtime)
     assert (reader.name, reader.timezone) == ("山田 花子", "America/New_York")
 
-    runtime.tick(now)
+    runtime.tick(runtime.clock)
     _, welcome = sink.to(address)
     unsubscribe = UNSUBSCRIBE_LINK.search(text_of(welcome))
     assert unsubscribe, "no unsubscribe link in the welcome mail's footer"
@@ -100,6 +95,6 @@ def test_blocked_provider_is_refused_by_name(page: Page, live: str, runtime: Run
     expect(page.locator("#error[role=alert]")).to_contain_text("docomo")
     expect(page.locator("#email")).to_have_value(address)
 
-    runtime.tick(now)
+    runtime.tick(runtime.clock)
     assert subscribers(runtime) == []
     assert sink.received == []
