@@ -27,8 +27,8 @@ from markupsafe import Markup
 from mailer.config import Site, load_site
 from mailer.db import utcnow
 from mailer.i18n import translator
-from mailer.sequences import load_catalog_strict
-from mailer.tokens import Tokens
+from mailer.seminars.sequences import load_catalog_strict
+from mailer.subscribers.tokens import Tokens
 
 SEQUENCE, STEP = "web-business", "lesson-1"
 IDLE_QUEUE, WORK_QUEUE = "bench-idle", "bench-naive"

@@ -16,8 +16,8 @@ from pathlib import Path
 from bench.common import SEQUENCE, STEP, make_settings, process_peak_rss_mb, ready_and_wait
 from mailer import logs
 from mailer.db import utcnow
-from mailer.deliver import Report
-from mailer.render import Recipient
+from mailer.deliver.pipeline import Report
+from mailer.mail.compose import Recipient
 from mailer.runtime import Runtime
 
 MAX_FAILURES = 20  # failed deliver passes before a worker gives up (the benchmark then fails its check)

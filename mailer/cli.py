@@ -21,9 +21,9 @@ from mailer import logs
 from mailer.config import load_settings
 from mailer.db import session_scope, utcnow
 from mailer.errors import MailerError, SequenceError
-from mailer.render import Recipient, missing_footer_items
+from mailer.mail.compose import Recipient, missing_footer_items
 from mailer.runtime import Runtime
-from mailer.sequences import load_catalog, load_catalog_strict
+from mailer.seminars.sequences import load_catalog, load_catalog_strict
 
 app = typer.Typer(
     name="mailer",

@@ -11,15 +11,15 @@ from functools import cached_property
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from mailer import enrolment
 from mailer.config import Settings, Site, load_site
 from mailer.db import make_engine, make_session_factory, session_scope, upgrade, utcnow
-from mailer.deliver import Deliverer, Report
+from mailer.deliver.pipeline import Deliverer, Report
+from mailer.mail.compose import Renderer
 from mailer.ratelimit import Limiter, limiter_for
-from mailer.render import Renderer
+from mailer.seminars import cursor
+from mailer.seminars.sequences import Catalog, CatalogCache
 from mailer.send import Transport, transport_from_url
-from mailer.sequences import Catalog, CatalogCache
-from mailer.tokens import Tokens
+from mailer.subscribers.tokens import Tokens
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +102,8 @@ class Runtime:
         """Apply seminar edits, then turn every due cursor into a ledger row. Rows planned."""
         catalog = self.catalog()
         with session_scope(self.sessions) as session:
-            enrolment.apply_edits(session, self.site, catalog, now)
-        return enrolment.plan_due(self.sessions, self.site, catalog, now)
+            cursor.apply_edits(session, self.site, catalog, now)
+        return cursor.plan_due(self.sessions, self.site, catalog, now)
 
     def tick(self, now: Callable[[], datetime], *, max_batches: int | None = None) -> tuple[int, Report]:
         """One scheduler pass and the sending of what is due: `mailer tick` and the tests."""

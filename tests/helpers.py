@@ -11,10 +11,10 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
 
-from mailer import signup
 from mailer.db import session_scope
 from mailer.models import Delivery, Subscriber
 from mailer.runtime import Runtime
+from mailer.subscribers import signup
 
 TOKYO = ZoneInfo("Asia/Tokyo")
 CONFIRM_LINK = re.compile(r"https?://[^\s\"<>]+/confirm/([A-Za-z0-9_.\-]+)")

@@ -15,13 +15,13 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from mailer import signup
-from mailer.addresses import Refusal
 from mailer.db import session_scope
 from mailer.i18n import translator
 from mailer.ratelimit import Bucket, LimiterUnavailableError, Rate
 from mailer.runtime import Runtime
 from mailer.send.maildir import MaildirTransport
+from mailer.subscribers import signup
+from mailer.subscribers.addresses import Refusal
 from mailer.web import outbox
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from sqlalchemy import select
 
 from mailer.db import session_scope
 from mailer.models import Delivery, Subscriber
-from mailer.tokens import Tokens
+from mailer.subscribers.tokens import Tokens
 from tests.chaos.stack import (
     STEPS,
     Stack,

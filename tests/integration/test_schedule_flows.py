@@ -13,14 +13,15 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from mailer import signup, store
+from mailer import store
 from mailer.db import session_scope
 from mailer.errors import DeliveryError
 from mailer.models import Delivery, Enrolment
 from mailer.runtime import Runtime
 from mailer.send import M
 from mailer.send.smtp import SMTPConnection, SMTPTransport
-from mailer.tokens import UnsubscribeClaim
+from mailer.subscribers import signup
+from mailer.subscribers.tokens import UnsubscribeClaim
 from tests.conftest import Sink
 from tests.helpers import EXAMPLE_TIMETABLE, arrivals, at, join, ledger, tick_through, timetable
 

@@ -18,8 +18,8 @@ from sqlalchemy import select
 
 from mailer.db import session_scope
 from mailer.errors import DeliveryError
+from mailer.mail.compose import MailTemplate, Recipient
 from mailer.models import DeliveryAttempt, Enrolment
-from mailer.render import MailTemplate, Recipient
 from mailer.runtime import Runtime
 from mailer.send import M
 from mailer.send.smtp import SMTPConnection, SMTPTransport

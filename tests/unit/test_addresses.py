@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mailer.addresses import Address, Refusal, check_address
 from mailer.config import DEFAULT_BLOCKED, BlockedProvider, load_site
+from mailer.subscribers.addresses import Address, Refusal, check_address
 
 REPO = Path(__file__).resolve().parents[2]
 

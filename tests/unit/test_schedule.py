@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mailer.config import QuietHours, load_site
-from mailer.schedule import (
+from mailer.seminars.schedule import (
     hold_for_quiet_hours,
     in_quiet_hours,
     late_days,
@@ -20,7 +20,7 @@ from mailer.schedule import (
     step_due,
     zone_for,
 )
-from mailer.sequences import Sequence, Step
+from mailer.seminars.sequences import Sequence, Step
 
 REPO = Path(__file__).resolve().parents[2]
 TOKYO = ZoneInfo("Asia/Tokyo")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from mailer.errors import SequenceError
-from mailer.sequences import CatalogCache, Step, load_catalog, load_catalog_strict, parse_sequence
+from mailer.seminars.sequences import CatalogCache, Step, load_catalog, load_catalog_strict, parse_sequence
 
 REPO = Path(__file__).resolve().parents[2]
 

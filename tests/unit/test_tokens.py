@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mailer.tokens import ConfirmClaim, Tokens, UnsubscribeClaim
+from mailer.subscribers.tokens import ConfirmClaim, Tokens, UnsubscribeClaim
 
 KEY = "unit-test-secret"
 WEEK = 7 * 24 * 3600

@@ -15,11 +15,12 @@ from typing import cast
 from sqlalchemy import Table, bindparam, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from mailer import schedule, store
+from mailer import store
 from mailer.config import Site
 from mailer.db import session_scope
 from mailer.models import Delivery, Enrolment, SequenceVersion, Subscriber
-from mailer.sequences import Catalog, Sequence, Step
+from mailer.seminars import schedule
+from mailer.seminars.sequences import Catalog, Sequence, Step
 
 log = logging.getLogger(__name__)
 

@@ -13,13 +13,13 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from mailer import enrolment as cursor
-from mailer import schedule, store
-from mailer.addresses import Refusal, check_address
+from mailer import store
 from mailer.config import Site
 from mailer.models import Consent, Enrolment, Subscriber
-from mailer.sequences import Catalog, Sequence
-from mailer.tokens import ConfirmClaim, UnsubscribeClaim
+from mailer.seminars import cursor, schedule
+from mailer.seminars.sequences import Catalog, Sequence
+from mailer.subscribers.addresses import Refusal, check_address
+from mailer.subscribers.tokens import ConfirmClaim, UnsubscribeClaim
 
 log = logging.getLogger(__name__)
 

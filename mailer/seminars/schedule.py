@@ -9,7 +9,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from mailer.config import QuietHours
-from mailer.sequences import Sequence, Step
+from mailer.seminars.sequences import Sequence, Step
 
 
 def zone_for(name: str | None, fallback: ZoneInfo) -> ZoneInfo:

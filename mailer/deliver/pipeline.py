@@ -22,16 +22,16 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from mailer import enrolment as cursor
-from mailer import schedule, store
+from mailer import store
 from mailer.config import Site
 from mailer.db import session_scope
 from mailer.errors import DeliveryError, PermanentDeliveryError
+from mailer.mail.compose import MailTemplate, Recipient, Renderer
 from mailer.models import Delivery, DeliveryAttempt, Enrolment, Subscriber
 from mailer.ratelimit import Limiter, LimiterUnavailableError, LocalLimiter
-from mailer.render import MailTemplate, Recipient, Renderer
+from mailer.seminars import cursor, schedule
+from mailer.seminars.sequences import Catalog
 from mailer.send import Connection, Transport
-from mailer.sequences import Catalog
 
 log = logging.getLogger(__name__)
 

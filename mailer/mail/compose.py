@@ -37,8 +37,8 @@ from markupsafe import Markup
 
 from mailer.config import Site
 from mailer.i18n import translator
-from mailer.sequences import Sequence, Step
-from mailer.tokens import Tokens
+from mailer.seminars.sequences import Sequence, Step
+from mailer.subscribers.tokens import Tokens
 
 _INLINER = css_inline.CSSInliner(keep_style_tags=True)  # keep <style> for @media rules
 _URL_HEADERS = frozenset({"list-unsubscribe", "list-unsubscribe-post"})
