@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
@@ -11,12 +12,13 @@ from functools import cached_property
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from mailer import ledger
 from mailer.config import Settings, Site, load_site
 from mailer.db import make_engine, make_session_factory, session_scope, upgrade, utcnow
 from mailer.deliver.pipeline import Deliverer, Report
 from mailer.mail.compose import Renderer
 from mailer.ratelimit import Limiter, limiter_for
-from mailer.seminars import cursor
+from mailer.seminars import planner
 from mailer.seminars.sequences import Catalog, CatalogCache
 from mailer.send import Transport, transport_from_url
 from mailer.subscribers.tokens import Tokens
@@ -95,6 +97,16 @@ class Runtime:
         if "engine" in self.__dict__:
             self.engine.dispose()
 
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """One unit of work of an edge (a request, a command), committed when the block ends; a
+        worker is woken after the commit when it queued mail that is due now."""
+        with session_scope(self.sessions) as session:
+            yield session
+            wake = session.info.pop(ledger.WAKE, False)
+        if wake:
+            self.wake()
+
     def upgrade_db(self) -> None:
         upgrade(self.engine)
 
@@ -102,8 +114,8 @@ class Runtime:
         """Apply seminar edits, then turn every due cursor into a ledger row. Rows planned."""
         catalog = self.catalog()
         with session_scope(self.sessions) as session:
-            cursor.apply_edits(session, self.site, catalog, now)
-        return cursor.plan_due(self.sessions, self.site, catalog, now)
+            planner.apply_edits(session, self.site, catalog, now)
+        return planner.plan_due(self.sessions, self.site, catalog, now)
 
     def tick(self, now: Callable[[], datetime], *, max_batches: int | None = None) -> tuple[int, Report]:
         """One scheduler pass and the sending of what is due: `mailer tick` and the tests."""

@@ -64,6 +64,14 @@ def hold_for_quiet_hours(moment: datetime, zone: ZoneInfo, quiet: QuietHours | N
     return local_wall(end_day, quiet.end, zone)
 
 
+def held(step: Step | None, moment: datetime, zone: ZoneInfo, quiet: QuietHours | None) -> datetime:
+    """When mail due at `moment` may go: quiet hours hold it until they end, except the mail that
+    answers the reader's own action (the confirmation, `step` None; a day-0 step without `at`)."""
+    if step is None or step.immediate:
+        return moment
+    return hold_for_quiet_hours(moment, zone, quiet)
+
+
 def step_due(
     sequence: Sequence,
     step: Step,
@@ -75,15 +83,15 @@ def step_due(
 ) -> datetime:
     """When `step` is due for someone who entered at `entered_at` and whose steps moved `shift_days`.
 
-    Day 0 without `at` is due at entry, never held. Otherwise: the local date of entry plus `day`
-    (plus the shift), at `at` or the seminar's `send_at`; no earlier than entry; held by quiet
-    hours, which makes the end of the quiet hours its due time (so nothing after it moves).
+    Day 0 without `at` is due at entry. Otherwise: the local date of entry plus `day` (plus the
+    shift), at `at` or the seminar's `send_at`; no earlier than entry. Held by quiet hours, which
+    makes the end of the quiet hours its due time (so nothing after it moves).
     """
     if step.immediate:
-        return entered_at
+        return held(step, entered_at, zone, quiet)
     day = local_date(entered_at, zone) + timedelta(days=step.day + shift_days)
     due = max(local_wall(day, step.at or sequence.send_at, zone), entered_at)
-    return hold_for_quiet_hours(due, zone, quiet)
+    return held(step, due, zone, quiet)
 
 
 def late_days(due_at: datetime, sent_at: datetime, zone: ZoneInfo) -> int:

@@ -14,21 +14,11 @@ from contextlib import contextmanager, suppress
 from functools import partial
 from typing import NamedTuple
 
-from mailer.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
+from mailer.errors import DeliveryError, TransientDeliveryError
 from mailer.send import M
+from mailer.send.replies import classify
 
 log = logging.getLogger(__name__)
-
-
-def _text(raw: bytes | str) -> str:
-    return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
-
-
-def classify(code: int, message: bytes | str) -> TransientDeliveryError | PermanentDeliveryError:
-    text = f"{code} {_text(message)}"
-    if 400 <= code < 500:
-        return TransientDeliveryError(text, code)
-    return PermanentDeliveryError(text, code)
 
 
 # A line that starts with "." must be doubled (RFC 5321 4.5.2); our own mail never has one.

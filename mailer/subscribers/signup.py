@@ -13,11 +13,12 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from mailer import store
+from mailer import ledger, store
 from mailer.config import Site
 from mailer.models import Consent, Enrolment, Subscriber
 from mailer.seminars import cursor, schedule
 from mailer.seminars.sequences import Catalog, Sequence
+from mailer.subscribers import suppression
 from mailer.subscribers.addresses import Refusal, check_address
 from mailer.subscribers.tokens import ConfirmClaim, UnsubscribeClaim
 
@@ -119,21 +120,18 @@ def subscribe(
     )
     session.flush()
 
-    recent = store.count_recent_confirmations(session, subscriber.id, now - timedelta(days=1))
+    recent = ledger.count_recent(session, subscriber.id, ledger.Kind.CONFIRM, now - timedelta(days=1))
     if recent >= site.signup.confirmations_per_day:
         log.info("signup.confirmation_capped subscriber_id=%s", subscriber.id)
         return Accepted(sequence, None)
-    confirmation_id = store.insert_delivery(
+    confirmation_id = ledger.add(
         session,
+        kind=ledger.Kind.CONFIRM,
         subscriber_id=subscriber.id,
-        kind="confirm",
+        due=now,
+        now=now,
         enrolment_id=enrolment.id,
         sequence_id=sequence.id,
-        state="pending",
-        due_at=now,
-        available_at=now,
-        attempts=0,
-        created_at=now,
     )
     log.info("signup.accepted subscriber_id=%s enrolment_id=%s", subscriber.id, enrolment.id)
     return Accepted(sequence, confirmation_id)
@@ -168,14 +166,14 @@ def confirm(
     ):
         consent.confirmed_at = now
     # Confirmation mails still queued for this enrolment would only confuse now.
-    store.skip_open_deliveries(
+    ledger.skip_open(
         session,
         subscriber_id=subscriber.id,
         reason="confirmed",
-        kind="confirm",
+        kind=ledger.Kind.CONFIRM,
         enrolment_id=enrolment.id,
     )
-    delivery_id = cursor.enter(session, site, subscriber, sequence, enrolment, now)
+    delivery_id = cursor.enter(session, site, catalog, subscriber, enrolment, now)
     log.info("signup.confirmed subscriber_id=%s enrolment_id=%s", subscriber.id, enrolment.id)
     return Confirmed(sequence, delivery_id)
 
@@ -186,14 +184,5 @@ def unsubscribe(session: Session, claim: UnsubscribeClaim, now: datetime) -> boo
     subscriber = session.get(Subscriber, claim.subscriber_id)
     if subscriber is None:
         return False
-    if subscriber.state in {"unsubscribed", "bounced"}:
-        return True
-    # The ledger first: a worker sending one of these rows holds its lock until its group is
-    # committed, and this waits for it; taking the rows before the cursors keeps one lock order.
-    skipped = store.skip_open_deliveries(session, subscriber_id=subscriber.id, reason="unsubscribed")
-    subscriber.state = "unsubscribed"
-    subscriber.unsubscribed_at = now
-    subscriber.unsubscribed_delivery_id = claim.delivery_id
-    cursor.stop_all(session, subscriber)
-    log.info("subscriber.unsubscribed subscriber_id=%s skipped=%s", subscriber.id, skipped)
+    suppression.stop(session, subscriber, state="unsubscribed", now=now, delivery_id=claim.delivery_id)
     return True

@@ -5,16 +5,15 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-import pytest
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
 
-from mailer import store
+from mailer import ledger as mailer_ledger
 from mailer.db import session_scope
+from mailer.deliver.jobs import Report
 from mailer.errors import DeliveryError
 from mailer.models import Delivery, Enrolment
 from mailer.runtime import Runtime
@@ -168,20 +167,19 @@ def leave(runtime: Runtime, subscriber_id: int) -> None:
         signup.unsubscribe(session, UnsubscribeClaim(subscriber_id, None), at("2026-12-02 09:00"))
 
 
-def test_unsubscribe_after_the_claim_skips_the_mail(
-    runtime: Runtime, sink: Sink, home: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_unsubscribe_after_the_claim_skips_the_mail(runtime: Runtime, sink: Sink, home: Path) -> None:
     """A reader who leaves while their mail sits claimed in a batch does not get it."""
     a = join(runtime, sink, "a@example.com", at("2026-12-01 10:00"))
     b = join(runtime, sink, "b@example.com", at("2026-12-01 10:00"))
-    real_mark = store.mark_sent
-
-    def leave_then_mark(session: Session, ids: list[int], worker: str, now: datetime) -> set[int]:
-        leave(runtime, b)  # committed after the claim, just before the worker's re-check
-        return real_mark(session, ids, worker, now)
-
-    monkeypatch.setattr(store, "mark_sent", leave_then_mark)
-    runtime.tick(lambda: at("2026-12-02 09:00"))
+    runtime.plan(at("2026-12-02 09:00"))
+    deliverer, catalog, now = runtime.deliverer(), runtime.catalog(), at("2026-12-02 09:00")
+    claimed = deliverer.claim(now, "worker")
+    with session_scope(runtime.sessions) as session:
+        jobs = deliverer.prepare(session, catalog, claimed, "worker", now, Report())
+    assert len(jobs) == 2  # both mails rendered and on their way to SMTP
+    leave(runtime, b)  # committed after the claim and the rendering, before the group's lock
+    with runtime.transport.session() as connection:
+        deliverer.send_group(jobs, "worker", now, connection, catalog)
     assert ledger(runtime, a)["lesson-1"] == "sent"
     assert ledger(runtime, b)["lesson-1"] == "skipped"
     assert [s for s, _ in arrivals(sink, "b@example.com", home)] == ["welcome"]
@@ -239,7 +237,7 @@ def test_lapsed_lease_is_reclaimed_and_sent_once(runtime: Runtime, sink: Sink, h
     join(runtime, sink, "lease@example.com", at("2026-12-01 10:00"))
     runtime.plan(at("2026-12-02 09:00"))
     with session_scope(runtime.sessions) as session:  # a worker claims, then dies
-        assert store.claim_deliveries(
+        assert mailer_ledger.claim(
             session, now=at("2026-12-02 09:00"), limit=10, worker="dead", lease=timedelta(minutes=5)
         )
     runtime.tick(lambda: at("2026-12-02 09:01"))
