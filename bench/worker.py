@@ -16,7 +16,7 @@ from pathlib import Path
 from bench.common import SEQUENCE, STEP, make_settings, process_peak_rss_mb, ready_and_wait
 from mailer import logs
 from mailer.db import utcnow
-from mailer.deliver.pipeline import Report
+from mailer.deliver.jobs import Report
 from mailer.mail.compose import Recipient
 from mailer.runtime import Runtime
 

@@ -21,7 +21,8 @@ from mailer import logs
 from mailer.config import load_settings
 from mailer.db import session_scope, utcnow
 from mailer.errors import MailerError, SequenceError
-from mailer.mail.compose import Recipient, missing_footer_items
+from mailer.mail.compose import Recipient
+from mailer.mail.footer import missing_footer_items
 from mailer.runtime import Runtime
 from mailer.seminars.sequences import load_catalog, load_catalog_strict
 

@@ -48,11 +48,11 @@ def make_engine(url: str, *, pre_ping: bool = True, **kwargs: Any) -> Engine:
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.close()
+            dbapi_cursor = dbapi_connection.cursor()
+            dbapi_cursor.execute("PRAGMA journal_mode=WAL")
+            dbapi_cursor.execute("PRAGMA synchronous=NORMAL")
+            dbapi_cursor.execute("PRAGMA foreign_keys=ON")
+            dbapi_cursor.close()
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Any) -> None:

@@ -15,7 +15,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from mailer import ledger
 from mailer.config import Settings, Site, load_site
 from mailer.db import make_engine, make_session_factory, session_scope, upgrade, utcnow
-from mailer.deliver.pipeline import Deliverer, Report
+from mailer.deliver.jobs import Report
+from mailer.deliver.pipeline import Deliverer
 from mailer.mail.compose import Renderer
 from mailer.ratelimit import Limiter, limiter_for
 from mailer.seminars import planner

@@ -1,4 +1,4 @@
-"""Jinja2 environment; a step's content placed in the `_base` layout; the MIME message to send.
+"""Jinja2 environment; a mail's content placed in the `_base` layout and composed for each reader.
 
 A step's templates are its content alone. The layout `templates/mail/_base/` adds the header and
 the footer (sender, postal address, contact, the right to refuse, the unsubscribe link, the
@@ -7,22 +7,17 @@ disclaimer), so no mail leaves without what 特定電子メール法 requires, w
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import hmac
 import secrets
-import string
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
-from email.policy import EmailPolicy
 from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import css_inline
 from jinja2 import (
@@ -37,29 +32,11 @@ from markupsafe import Markup
 
 from mailer.config import Site
 from mailer.i18n import translator
+from mailer.mail.skeleton import MAIL_POLICY, Skeleton, clean_header_text, list_unsubscribe
 from mailer.seminars.sequences import Sequence, Step
 from mailer.subscribers.tokens import Tokens
 
 _INLINER = css_inline.CSSInliner(keep_style_tags=True)  # keep <style> for @media rules
-_URL_HEADERS = frozenset({"list-unsubscribe", "list-unsubscribe-post"})
-
-
-class MailPolicy(EmailPolicy):
-    """SMTP's policy, except that URL headers are folded between their <...> items, never
-    RFC 2047-encoded: the email package encodes any word longer than a line, which breaks links."""
-
-    def fold(self, name: str, value: str) -> str:
-        if name.lower() in _URL_HEADERS:
-            return f"{name}: " + ",\r\n ".join(part.strip() for part in value.split(",")) + "\r\n"
-        return super().fold(name, value)
-
-    def fold_binary(self, name: str, value: str) -> bytes:
-        if name.lower() in _URL_HEADERS:
-            return self.fold(name, value).encode("ascii")
-        return super().fold_binary(name, value)
-
-
-MAIL_POLICY = MailPolicy(linesep="\r\n")
 
 
 @dataclass(frozen=True)
@@ -93,22 +70,13 @@ def mail_environment(home: Path, site: Site, t: Callable[..., str]) -> Environme
     return env
 
 
-def _clean_header_text(value: str) -> str:
-    """No control character reaches a header, whatever came in through an import or the API."""
-    return "".join(ch for ch in value if ch.isprintable()).strip()
-
-
-# What differs from one reader to the next. Everything else in a mail is rendered once per batch.
-SLOTS = ("name", "unsubscribe_url", "confirm_url")
-
-
 def _plain(value: str) -> bool:
     """A value the shared rendering can take as is: no edge whitespace, no control characters."""
     return value == value.strip() and value.isprintable()
 
 
 @dataclass(frozen=True)
-class Shared:
+class Slotted:
     """A mail's content rendered with a placeholder for each reader's own values."""
 
     composed: Composed
@@ -159,8 +127,8 @@ class MailTemplate:
             self.body_html = None
         self.base_text = env.get_template("mail/_base/body.txt")
         self.base_html = env.get_template("mail/_base/body.html")
-        self._shared: dict[tuple[tuple[str, Any], ...], Shared | None] = {}
-        self._frame: Frame | None = None
+        self._shared: dict[tuple[tuple[str, Any], ...], Slotted | None] = {}
+        self._skeleton: Skeleton | None = None
 
     def values(self, recipient: Recipient, confirm_url: str | None = None) -> dict[str, str]:
         """The reader's own values, by slot."""
@@ -180,14 +148,14 @@ class MailTemplate:
             return self.compose_fully(values, extra)
         return shared.fill(values)
 
-    def shared(self, slots: tuple[str, ...], constants: dict[str, Any]) -> Shared | None:
+    def shared(self, slots: tuple[str, ...], constants: dict[str, Any]) -> Slotted | None:
         """The content with placeholders, for these slots and constants; None if the template
         does more with a reader's value than print it (a filter, a test on its text)."""
         key = (*((slot, None) for slot in slots), *sorted(constants.items()))
         if key not in self._shared:
             one = {slot: f"mailerslot{n}a{secrets.token_hex(6)}" for n, slot in enumerate(slots)}
             two = {slot: f"mailerslot{n}b{secrets.token_hex(6)}" for n, slot in enumerate(slots)}
-            first = Shared(self.compose_fully(one, constants), one)
+            first = Slotted(self.compose_fully(one, constants), one)
             second = self.compose_fully(two, constants)
             filled = first.fill(two)
             same = (filled.subject, filled.text, filled.html) == (second.subject, second.text, second.html)
@@ -211,9 +179,9 @@ class MailTemplate:
         if not recipient.email.isascii():  # an SMTPUTF8 address: the email package's way
             return self.message(recipient, now, **extra).as_bytes()
         composed = self.compose(recipient, **extra)
-        if self._frame is None:
-            self._frame = Frame(self)
-        return self._frame.assemble(self, recipient, composed, now)
+        if self._skeleton is None:
+            self._skeleton = Skeleton(self)
+        return self._skeleton.assemble(self, recipient, composed, now)
 
     def message(self, recipient: Recipient, now: datetime, **extra: Any) -> EmailMessage:
         """The same mail built with the email package: the reference `render()` is tested against."""
@@ -222,13 +190,13 @@ class MailTemplate:
         sender = r.site.sender
         msg = EmailMessage(policy=MAIL_POLICY)
         msg["From"] = Address(display_name=sender.name, addr_spec=sender.address)
-        msg["To"] = Address(display_name=_clean_header_text(recipient.name), addr_spec=recipient.email)
+        msg["To"] = Address(display_name=clean_header_text(recipient.name), addr_spec=recipient.email)
         msg["Subject"] = composed.subject
         msg["Date"] = format_datetime(now)
         msg["Message-ID"] = r.message_id(recipient.delivery_id)
         if composed.unsubscribe_url:
             msg["List-Id"] = self.list_id
-            msg["List-Unsubscribe"] = _list_unsubscribe(composed.unsubscribe_url, sender.unsubscribe_mailto)
+            msg["List-Unsubscribe"] = list_unsubscribe(composed.unsubscribe_url, sender.unsubscribe_mailto)
             msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"  # RFC 8058
         # base64 keeps Japanese 7-bit clean for any relay (quoted-printable would triple it).
         msg.set_content(composed.text, charset="utf-8", cte="base64")
@@ -239,99 +207,7 @@ class MailTemplate:
     @property
     def list_id(self) -> str:
         domain = self.renderer.site.sender.domain
-        return f"{_clean_header_text(self.sequence.title)} <{self.sequence.id}.{domain}>"
-
-
-def _list_unsubscribe(url: str, mailto: str) -> str:
-    token = url.rsplit("/", 1)[1]
-    return f"<{url}>, <mailto:{mailto}?subject={quote('unsubscribe ' + token)}>"
-
-
-def _fold(name: str, value: str) -> bytes:
-    return MAIL_POLICY.fold_binary(name, MAIL_POLICY.header_factory(name, value))
-
-
-def _base64(text: str) -> bytes:
-    """What the email package writes for a text part: CRLF lines, base64 in lines of 76."""
-    data = b"\r\n".join(text.encode("utf-8").splitlines()) + b"\r\n"
-    encoded = binascii.b2a_base64(data, newline=False)
-    return b"".join([encoded[i : i + 76] + b"\r\n" for i in range(0, len(encoded), 76)])
-
-
-_ATEXT = frozenset(string.ascii_letters + string.digits + " !#$%&'*+-/=?^_`{|}~")
-
-
-def _mailbox(name: str, address: str) -> bytes:
-    """`To:` for one reader, as the email package writes it; its folding only for long lines."""
-    name = _clean_header_text(name)
-    if not name:
-        line = address
-    elif name.isascii() and set(name) <= _ATEXT:
-        line = f"{name} <{address}>"
-    elif name.isascii():
-        quoted = name.replace("\\", "\\\\").replace('"', '\\"')
-        line = f'"{quoted}" <{address}>'
-    else:
-        line = f"=?utf-8?b?{base64.b64encode(name.encode()).decode('ascii')}?= <{address}>"
-    if len(line) <= 74:  # "To: " + line within 78 characters: nothing to fold
-        return f"To: {line}\r\n".encode("ascii")
-    return _fold("To", str(Address(display_name=name, addr_spec=address)))
-
-
-class Frame:
-    """The bytes every mail of one template shares, and the assembly of one mail from them."""
-
-    def __init__(self, template: MailTemplate) -> None:
-        sender = template.renderer.site.sender
-        self.sender = sender
-        self.head = _fold("From", str(Address(display_name=sender.name, addr_spec=sender.address)))
-        self.list_id = _fold("List-Id", template.list_id) if template.list_mail else b""
-        self.one_click = b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"
-        self.boundary = f"==============={secrets.randbelow(10**19)}==".encode("ascii")
-        self._subject: tuple[str, bytes] = ("", b"")
-        self._date: tuple[datetime | None, bytes] = (None, b"")
-
-    def assemble(
-        self, template: MailTemplate, recipient: Recipient, composed: Composed, now: datetime
-    ) -> bytes:
-        if self._subject[0] != composed.subject:  # the same for every reader unless it names them
-            self._subject = (composed.subject, _fold("Subject", composed.subject))
-        if self._date[0] != now:
-            self._date = (now, f"Date: {format_datetime(now)}\r\n".encode("ascii"))
-        parts = [
-            self.head,
-            _mailbox(recipient.name, recipient.email),
-            self._subject[1],
-            self._date[1],
-            f"Message-ID: {template.renderer.message_id(recipient.delivery_id)}\r\n".encode("ascii"),
-        ]
-        if composed.unsubscribe_url:
-            unsubscribe = _list_unsubscribe(composed.unsubscribe_url, self.sender.unsubscribe_mailto)
-            parts += [
-                self.list_id,
-                MAIL_POLICY.fold_binary("List-Unsubscribe", unsubscribe),
-                self.one_click,
-            ]
-        text = _base64(composed.text)
-        if composed.html is None:
-            parts += [
-                b'Content-Type: text/plain; charset="utf-8"\r\n',
-                b"Content-Transfer-Encoding: base64\r\nMIME-Version: 1.0\r\n\r\n",
-                text,
-            ]
-            return b"".join(parts)
-        b = self.boundary
-        parts += [
-            b'MIME-Version: 1.0\r\nContent-Type: multipart/alternative;\r\n boundary="' + b + b'"\r\n\r\n',
-            b"--" + b + b'\r\nContent-Type: text/plain; charset="utf-8"\r\n',
-            b"Content-Transfer-Encoding: base64\r\n\r\n",
-            text,
-            b"\r\n--" + b + b'\r\nContent-Type: text/html; charset="utf-8"\r\n',
-            b"Content-Transfer-Encoding: base64\r\n\r\n",
-            _base64(composed.html),
-            b"\r\n--" + b + b"--\r\n",
-        ]
-        return b"".join(parts)
+        return f"{clean_header_text(self.sequence.title)} <{self.sequence.id}.{domain}>"
 
 
 class Renderer:
@@ -358,24 +234,3 @@ class Renderer:
 
     def confirm(self, sequence: Sequence) -> MailTemplate:
         return MailTemplate(self, "mail/_confirm", sequence=sequence, step=None, list_mail=False)
-
-
-def missing_footer_items(composed: Composed, site: Site) -> list[str]:
-    """What the law requires in every list mail and this one lacks, in the text or the HTML part."""
-    sender = site.sender
-    required = {
-        "the sender's name": sender.name,
-        "the postal address": sender.postal_address,
-        "the contact": sender.contact,
-        "the disclaimer": sender.disclaimer,
-        "the unsubscribe link": composed.unsubscribe_url or "",
-    }
-    missing = []
-    for part_name, body in (("text", composed.text), ("HTML", composed.html)):
-        if body is None:
-            continue
-        for label, value in required.items():
-            needle = value if part_name == "text" else str(Markup.escape(value))
-            if value and needle not in body:
-                missing.append(f"{label} in the {part_name} part")
-    return missing

@@ -83,9 +83,3 @@ def check_address(
     if provider:  # an IDN or trailing-dot spelling of a blocked domain
         return Refusal("blocked", provider)
     return Address(email=email, key=email.casefold())
-
-
-def mask(email: str) -> str:
-    """For an operator's screen where an address must be hinted at: t***@example.com."""
-    local, _, domain = email.rpartition("@")
-    return f"{local[:1]}***@{domain}"
