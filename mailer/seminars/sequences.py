@@ -88,16 +88,23 @@ def _parse_time(value: object) -> time | None:
         return None
 
 
+class _Errors(list[str]):
+    """The errors found in one file, each as `file:line: message`."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+
+    def __call__(self, line: int | None, message: str) -> None:
+        self.append(f"{self.path}:{line}: {message}" if line else f"{self.path}: {message}")
+
+
 def parse_sequence(path: Path) -> tuple[Sequence | None, list[str]]:
     """One file -> the sequence, or None and every error found in it (as `file:line: message`)."""
     sequence_id = path.stem
     raw = path.read_bytes()
     text = raw.decode("utf-8", errors="replace")
-    errors: list[str] = []
-
-    def err(line: int | None, message: str) -> None:
-        errors.append(f"{path}:{line}: {message}" if line else f"{path}: {message}")
-
+    err = _Errors(path)
     if not ID_PATTERN.fullmatch(sequence_id):
         err(None, "the file name is the seminar's id: use lowercase letters, digits, '-' and '_'")
     try:
@@ -109,13 +116,25 @@ def parse_sequence(path: Path) -> tuple[Sequence | None, list[str]]:
             err(int(found.group(2)), f"not valid TOML: {found.group(1)} (column {found.group(3)})")
         else:
             err(None, f"not valid TOML: {exc}")
-        return None, errors
+        return None, list(err)
+    title, zone, send_at, then = _header(data, err)
+    steps = _steps(data.get("steps", []), text, err)
+    if err or zone is None or send_at is None or title is None:
+        return None, list(err)
+    fingerprint = hashlib.sha256(raw).hexdigest()[:16]
+    return Sequence(sequence_id, title, zone, send_at, then, tuple(steps), fingerprint), []
 
+
+def _header(
+    data: dict[str, Any], err: _Errors
+) -> tuple[str | None, ZoneInfo | None, time | None, str | None]:
+    """The seminar's own keys: title, timezone, send_at, then (None where wrong, with its error)."""
     for key in sorted(set(data) - TOP_KEYS):
         err(None, f"unknown key {key!r} (expected: {', '.join(sorted(TOP_KEYS))})")
     title = data.get("title")
     if not isinstance(title, str) or not title.strip():
         err(None, "title is required (a non-empty string)")
+        title = None
     zone: ZoneInfo | None = None
     zone_name = data.get("timezone", "Asia/Tokyo")
     try:
@@ -128,14 +147,17 @@ def parse_sequence(path: Path) -> tuple[Sequence | None, list[str]]:
     then = data.get("then")
     if then is not None and (not isinstance(then, str) or not ID_PATTERN.fullmatch(then)):
         err(None, f"then {then!r} must name another seminar file (without .toml)")
+    return title, zone, send_at, then
 
-    raw_steps = data.get("steps", [])
+
+def _steps(raw_steps: object, text: str, err: _Errors) -> list[Step]:
+    """The `[[steps]]`, in file order; each error points at its step's line (or key's line)."""
+    if not isinstance(raw_steps, list):
+        err(None, "steps must be an array of tables ([[steps]])")
+        return []
     lines = _step_lines(text)
     text_lines = text.splitlines()
     steps: list[Step] = []
-    if not isinstance(raw_steps, list):
-        err(None, "steps must be an array of tables ([[steps]])")
-        raw_steps = []
     seen: set[str] = set()
     previous_day: int | None = None
     for index, item in enumerate(raw_steps):
@@ -146,10 +168,7 @@ def parse_sequence(path: Path) -> tuple[Sequence | None, list[str]]:
         step_id = item.get("id")
         label = f"step {step_id!r}" if isinstance(step_id, str) else f"step {index + 1}"
         for key in sorted(set(item) - STEP_KEYS):
-            err(
-                _key_line(text_lines, line, key),
-                f"{label}: unknown key {key!r} (expected: id, day, at)",
-            )
+            err(_key_line(text_lines, line, key), f"{label}: unknown key {key!r} (expected: id, day, at)")
         if not isinstance(step_id, str) or not ID_PATTERN.fullmatch(step_id):
             err(line, f"{label}: id is required: lowercase letters, digits, '-' and '_'")
             continue
@@ -157,42 +176,18 @@ def parse_sequence(path: Path) -> tuple[Sequence | None, list[str]]:
             err(line, f"{label}: the id is used twice (ids are stable keys; never reuse one)")
         seen.add(step_id)
         day = item.get("day")
+        day_line = _key_line(text_lines, line, "day")
         if not isinstance(day, int) or isinstance(day, bool) or day < 0:
-            err(
-                _key_line(text_lines, line, "day"),
-                f"{label}: day must be a whole number of days, 0 or more, got {day!r}",
-            )
+            err(day_line, f"{label}: day must be a whole number of days, 0 or more, got {day!r}")
             continue
         if previous_day is not None and day < previous_day:
-            err(
-                _key_line(text_lines, line, "day"),
-                f"{label}: day {day} is smaller than day {previous_day} of the step before it",
-            )
+            err(day_line, f"{label}: day {day} is smaller than day {previous_day} of the step before it")
         previous_day = day
-        at = None
-        if "at" in item:
-            at = _parse_time(item["at"])
-            if at is None:
-                err(
-                    _key_line(text_lines, line, "at"),
-                    f'{label}: at {item["at"]!r} is not a time like "12:30"',
-                )
+        at = _parse_time(item["at"]) if "at" in item else None
+        if "at" in item and at is None:
+            err(_key_line(text_lines, line, "at"), f'{label}: at {item["at"]!r} is not a time like "12:30"')
         steps.append(Step(id=step_id, day=day, at=at, position=len(steps)))
-
-    if errors or zone is None or send_at is None or not isinstance(title, str):
-        return None, errors
-    return (
-        Sequence(
-            id=sequence_id,
-            title=title,
-            timezone=zone,
-            send_at=send_at,
-            then=then,
-            steps=tuple(steps),
-            fingerprint=hashlib.sha256(raw).hexdigest()[:16],
-        ),
-        [],
-    )
+    return steps
 
 
 def load_catalog(home: Path) -> tuple[Catalog, list[str]]:
