@@ -14,9 +14,8 @@ import uuid
 from collections.abc import Callable, Iterable
 from datetime import datetime
 
-from jinja2 import TemplateError
 from sqlalchemy import select
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailer import ledger
@@ -114,7 +113,22 @@ class Deliverer:
         held: list[tuple[int, datetime]] = []
         for raw in rows:
             row = Claimed(*tuple(raw))
-            verdict = self.kinds[row.kind].decide(row, catalog, now)
+            try:
+                verdict = self.kinds[row.kind].decide(row, catalog, now)
+                if isinstance(verdict, Go):
+                    jobs.append(self.render(templates, row, verdict, now))
+            except SQLAlchemyError:
+                raise  # the database, not this row: the whole batch waits for its lease
+            except Exception as exc:
+                # One row that cannot be prepared (a template broken after `sequences check`, an
+                # address the email package refuses) is retried alone, counted and logged by id;
+                # the rest of the batch goes. No traceback: it may quote the content or the address.
+                log.error("delivery.prepare_failed delivery_id=%s error=%s", row.id, type(exc).__name__)  # noqa: TRY400
+                failed = session.get_one(Delivery, row.id)
+                report += self.settler.retry(
+                    session, failed, f"prepare: {type(exc).__name__}: {exc}", None, now
+                )
+                continue
             if isinstance(verdict, Hold):
                 held.append((row.id, verdict.until))
             elif isinstance(verdict, Skip):
@@ -122,36 +136,19 @@ class Deliverer:
                 report.skipped += 1
                 if verdict.passed is not None:
                     cursor.move_past(session, self.site, catalog, [verdict.passed], now)
-            elif (job := self.render(session, templates, row, verdict, now, report)) is not None:
-                jobs.append(job)
         ledger.defer(session, held, token)
         report.deferred += len(held)
         return jobs
 
     def render(
-        self,
-        session: Session,
-        templates: dict[tuple[str, ...], MailTemplate],
-        row: Claimed,
-        verdict: Go,
-        now: datetime,
-        report: Report,
-    ) -> Job | None:
-        """The job for a row that may go: its mail rendered (once per template and batch), then
-        finished (signed); a template that fails is retried once it is fixed."""
+        self, templates: dict[tuple[str, ...], MailTemplate], row: Claimed, verdict: Go, now: datetime
+    ) -> Job:
+        """The job for a row that may go: its mail rendered (each template built once a batch),
+        then finished (signed)."""
         if verdict.key not in templates:
             templates[verdict.key] = verdict.template()
         recipient = Recipient(row.id, row.subscriber_id, row.email, row.name)
-        try:
-            message = templates[verdict.key].render(recipient, now, **verdict.extra)
-        except (TemplateError, OSError) as exc:
-            # A template broken after `sequences check`: keep the mail, retry once it is fixed. No
-            # traceback in the log: it may quote the content; the row keeps the error text.
-            log.error("delivery.render_failed delivery_id=%s error=%s", row.id, type(exc).__name__)  # noqa: TRY400
-            report += self.settler.retry(
-                session, session.get_one(Delivery, row.id), f"render: {exc}", None, now
-            )
-            return None
+        message = templates[verdict.key].render(recipient, now, **verdict.extra)
         for finish in self.finishers:
             message = finish(row, message)
         return Job(row.id, row.subscriber_id, row.email, message, verdict.passed)
