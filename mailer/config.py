@@ -114,7 +114,9 @@ class Signup:
 
 
 @dataclass(frozen=True)
-class Delivery:
+class DeliveryPolicy:
+    """How the workers claim, send and retry: batch sizes, leases, backoff, the scheduler's tick."""
+
     batch_size: int = 200
     lease: timedelta = timedelta(minutes=5)
     commit_every: int = 20  # rows marked sent per commit: a crash re-sends at most this many
@@ -161,7 +163,7 @@ class Site:
     sender: Sender
     signup: Signup
     quiet_hours: QuietHours | None
-    delivery: Delivery
+    delivery: DeliveryPolicy
     default_sequence: str
     limits: Limits = field(default_factory=Limits)
     locale: str = "ja"
@@ -286,7 +288,7 @@ def load_site(home: Path) -> Site:
         )
 
     d = _table(data, "delivery", where)
-    delivery = Delivery(
+    delivery = DeliveryPolicy(
         batch_size=int(d.get("batch_size", 200)),
         lease=_duration(d.get("lease", "5m"), f"{where}: delivery.lease"),
         commit_every=int(d.get("commit_every", 20)),
