@@ -127,6 +127,11 @@ class DeliveryPolicy:
     max_lateness: timedelta = timedelta(hours=6)
 
 
+def within(domain: str, parent: str) -> bool:
+    """`domain` is `parent` or one of its subdomains: mail.example.com is within example.com."""
+    return domain == parent or domain.endswith("." + parent)
+
+
 @dataclass(frozen=True)
 class DomainLimit:
     """Rates for each of these recipient domains (and their subdomains), each domain its own bucket."""
@@ -146,7 +151,7 @@ class Limits:
         buckets = [Bucket(f"relay:{rate.count}/{rate.per.total_seconds():g}", rate) for rate in self.relay]
         domain = recipient.rpartition("@")[2].lower()
         for rule in self.domains:
-            matched = next((d for d in rule.domains if domain == d or domain.endswith("." + d)), None)
+            matched = next((d for d in rule.domains if within(domain, d)), None)
             if matched is not None:
                 buckets += [
                     Bucket(f"domain:{matched}:{rate.count}/{rate.per.total_seconds():g}", rate)

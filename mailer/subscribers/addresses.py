@@ -9,7 +9,7 @@ from functools import lru_cache
 from email_validator import EmailNotValidError, validate_email
 from publicsuffixlist import PublicSuffixList
 
-from mailer.config import BlockedProvider
+from mailer.config import BlockedProvider, within
 
 MAX_LENGTH = 254  # RFC 5321's path limit less the angle brackets
 
@@ -48,7 +48,7 @@ def _matches(domain: str, pattern: str) -> bool:
         # (hotmail.co.jp, outlook.jp), so hotmailer.com and hotmail.example.com pass.
         private = _suffixes().privatesuffix(domain)
         return private is not None and private.split(".", 1)[0] == pattern[:-2]
-    return domain == pattern or domain.endswith("." + pattern)
+    return within(domain, pattern)
 
 
 def blocked_provider(domain: str, blocked: tuple[BlockedProvider, ...]) -> str | None:
