@@ -30,9 +30,17 @@ class Rate:
     @classmethod
     def parse(cls, text: object, where: str) -> Rate:
         """`20/s`, `3000/h`, `1/5m`: a count per a number of seconds, minutes, hours or days."""
-        match = _RATE.match(str(text))
+        try:
+            return cls.from_text(text)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+
+    @classmethod
+    def from_text(cls, text: object) -> Rate:
+        """As `parse`, raising ValueError without a place: for the site file's schema, which adds it."""
+        match = _RATE.match(text) if isinstance(text, str) else None
         if not match or int(match.group(1)) == 0 or match.group(2) == "0":
-            raise ConfigError(f'{where}: expected a rate like "20/s" or "3000/h", got {text!r}')
+            raise ValueError(f'expected a rate like "20/s" or "3000/h", got {text!r}')
         seconds = int(match.group(2) or 1) * _UNITS[match.group(3)]
         return cls(int(match.group(1)), timedelta(seconds=seconds))
 
