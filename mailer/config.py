@@ -2,14 +2,30 @@
 
 from __future__ import annotations
 
+import difflib
 import secrets
 import tomllib
-from dataclasses import dataclass, field
 from datetime import time, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import ValidationError
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic.dataclasses import dataclass
+from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mailer.errors import ConfigError
@@ -74,57 +90,83 @@ def load_settings(**overrides: Any) -> Settings:
         raise ConfigError(f"environment: MAILER_{str(first['loc'][0]).upper()}: {first['msg']}") from None
 
 
-@dataclass(frozen=True)
-class Sender:
-    """Who sends: what 特定電子メール法 requires in every mail."""
-
-    name: str
-    address: str  # the From address
-    postal_address: str
-    contact: str
-    disclaimer: str
-    unsubscribe_mailto: str  # for the mailto of List-Unsubscribe
-
-    @property
-    def domain(self) -> str:
-        return self.address.rpartition("@")[2]
+# The site file's schema. Each table is a frozen dataclass that pydantic fills from the TOML, so the
+# objects the engine reads are the schema itself and each default is written once, here (mailer.toml
+# repeats them as documentation). Values are strict: TOML has types, and `batch_size = "200"` or
+# `confirm_days = true` is a slip the operator wants to hear about, not something to guess at.
+_TABLE = ConfigDict(extra="forbid")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
-@dataclass(frozen=True)
-class BlockedProvider:
-    """Domains a provider is known to drop our mail for; a pattern ending in `.*` means any public suffix."""
-
-    provider: str
-    domains: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class QuietHours:
-    start: time
-    end: time
-
-
-@dataclass(frozen=True)
-class Signup:
-    blocked: tuple[BlockedProvider, ...]
-    confirmations_per_day: int = 3  # per address, so the form cannot bomb an inbox
-    per_client_per_hour: int = 20  # sign-ups per client address
-    confirm_days: int = 7  # how long a confirmation link works
-    check_deliverability: bool = False  # DNS lookups at sign-up; slow or wrong where DNS is closed
+def _seconds(value: object) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    number, unit = (text[:-1], _UNITS[text[-1]]) if text[-1:] in _UNITS else (text, 1)
+    try:
+        return float(number) * unit
+    except ValueError:
+        return None
 
 
-@dataclass(frozen=True)
-class DeliveryPolicy:
-    """How the workers claim, send and retry: batch sizes, leases, backoff, the scheduler's tick."""
+def _duration(value: object) -> timedelta:
+    """`90s`, `5m`, `6h`, `2d`, or a number of seconds; above zero."""
+    if isinstance(value, timedelta):
+        return value
+    seconds = _seconds(value)
+    try:
+        duration = timedelta(seconds=seconds) if seconds is not None else None
+    except (ValueError, OverflowError):  # nan, inf
+        duration = None
+    if duration is None:
+        hint = '"90s", "5m", "6h", "2d" or a number of seconds'
+        raise ValueError(f"expected a duration like {hint}, got {value!r}")
+    if duration <= timedelta(0):
+        raise ValueError(f"expected a duration above zero, got {value!r}")
+    return duration
 
-    batch_size: int = 200
-    lease: timedelta = timedelta(minutes=5)
-    commit_every: int = 20  # rows marked sent per commit: a crash re-sends at most this many
-    max_attempts: int = 8
-    retry_base: timedelta = timedelta(minutes=1)
-    retry_cap: timedelta = timedelta(hours=2)
-    tick_seconds: float = 5.0
-    max_lateness: timedelta = timedelta(hours=6)
+
+def _time_of_day(value: object) -> time:
+    """`"09:00"` (or a TOML local time, 09:00:00): a wall-clock time without a zone."""
+    parsed = value if isinstance(value, time) else None
+    if isinstance(value, str):
+        try:
+            parsed = time.fromisoformat(value.strip())
+        except ValueError:
+            parsed = None
+    if parsed is None or parsed.tzinfo is not None:
+        raise ValueError(f'expected a local time like "09:00", got {value!r}')
+    return parsed
+
+
+def _rates(value: object) -> object:
+    if not isinstance(value, list | tuple):
+        raise ValueError(  # noqa: TRY004 (pydantic reports a ValueError, with the key; a TypeError escapes)
+            f'expected a list of rates like ["20/s", "30000/h"], got {value!r}'
+        )
+    return value
+
+
+def _address(value: str) -> str:
+    if value.count("@") != 1 or value.startswith("@") or value.endswith("@"):
+        raise ValueError(f"expected an address like seminar@example.jp, got {value!r}")
+    return value
+
+
+Text = Annotated[StrictStr, Field(min_length=1)]
+Count = Annotated[StrictInt, Field(gt=0)]
+Duration = Annotated[timedelta, PlainValidator(_duration)]
+Seconds = Annotated[float, PlainValidator(lambda value: _duration(value).total_seconds())]
+TimeOfDay = Annotated[time, PlainValidator(_time_of_day)]
+Domain = Annotated[Text, AfterValidator(lambda domain: domain.lower().strip("."))]
+RateText = Annotated[
+    Rate, PlainValidator(lambda value: value if isinstance(value, Rate) else Rate.from_text(value))
+]
+Rates = Annotated[tuple[RateText, ...], BeforeValidator(_rates)]
+Locale = Literal["ja", "en"]
+LOCALES: tuple[str, ...] = get_args(Locale)
 
 
 def within(domain: str, parent: str) -> bool:
@@ -132,19 +174,91 @@ def within(domain: str, parent: str) -> bool:
     return domain == parent or domain.endswith("." + parent)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_TABLE)
+class Sender:
+    """Who sends: what 特定電子メール法 requires in every mail."""
+
+    name: Text
+    address: Annotated[Text, Field(alias="from"), AfterValidator(_address)]  # the From address
+    postal_address: Text
+    contact: Text
+    disclaimer: Text
+    # for the mailto of List-Unsubscribe; empty: the From address
+    unsubscribe_mailto: Annotated[StrictStr, Field(validate_default=True)] = ""
+
+    @field_validator("unsubscribe_mailto")
+    @classmethod
+    def _or_from(cls, value: str, info: ValidationInfo) -> str:
+        return value or info.data.get("address", "")
+
+    @property
+    def domain(self) -> str:
+        return self.address.rpartition("@")[2]
+
+
+@dataclass(frozen=True, config=_TABLE)
+class BlockedProvider:
+    """Domains a provider is known to drop our mail for; a pattern ending in `.*` means any public suffix."""
+
+    provider: Text
+    domains: tuple[Domain, ...]
+
+
+DEFAULT_BLOCKED = (
+    BlockedProvider("iCloud", ("icloud.com", "me.com", "mac.com")),
+    BlockedProvider("Hotmail", ("hotmail.*",)),
+    BlockedProvider("Outlook", ("outlook.*",)),
+    BlockedProvider("docomo", ("docomo.ne.jp",)),
+    BlockedProvider("au (ezweb)", ("ezweb.ne.jp",)),
+)
+
+
+@dataclass(frozen=True, config=_TABLE)
+class QuietHours:
+    """Local wall-clock times between which a step waits; the window may wrap midnight."""
+
+    start: TimeOfDay = time(21)
+    end: TimeOfDay = time(8)
+    # `enabled = false` in the file: Site holds None instead, so the engine never sees False here.
+    enabled: StrictBool = True
+
+
+@dataclass(frozen=True, config=_TABLE)
+class Signup:
+    blocked: tuple[BlockedProvider, ...] = DEFAULT_BLOCKED
+    confirmations_per_day: Count = 3  # per address, so the form cannot bomb an inbox
+    per_client_per_hour: Count = 20  # sign-ups per client address
+    confirm_days: Count = 7  # how long a confirmation link works
+    check_deliverability: StrictBool = False  # DNS lookups at sign-up; slow or wrong where DNS is closed
+
+
+@dataclass(frozen=True, config=_TABLE)
+class DeliveryPolicy:
+    """How the workers claim, send and retry: batch sizes, leases, backoff, the scheduler's tick."""
+
+    batch_size: Count = 200
+    lease: Duration = timedelta(minutes=5)
+    commit_every: Count = 20  # rows marked sent per commit: a crash re-sends at most this many
+    max_attempts: Count = 8
+    retry_base: Duration = timedelta(minutes=1)
+    retry_cap: Duration = timedelta(hours=2)
+    tick_seconds: Annotated[Seconds, Field(alias="tick")] = 5.0
+    max_lateness: Duration = timedelta(hours=6)
+
+
+@dataclass(frozen=True, config=_TABLE)
 class DomainLimit:
     """Rates for each of these recipient domains (and their subdomains), each domain its own bucket."""
 
-    domains: tuple[str, ...]
-    rates: tuple[Rate, ...]
+    domains: tuple[Domain, ...]
+    rates: Rates
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_TABLE)
 class Limits:
     """How fast mail may leave: the relay's rates, and per recipient domain (carriers throttle)."""
 
-    relay: tuple[Rate, ...] = ()
+    relay: Rates = ()
     domains: tuple[DomainLimit, ...] = ()
 
     def buckets_for(self, recipient: str) -> list[Bucket]:
@@ -161,164 +275,134 @@ class Limits:
         return buckets
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_TABLE)
 class Site:
     """The site file: sender identity, sign-up policy, quiet hours. Content the operator edits."""
 
     sender: Sender
-    signup: Signup
-    quiet_hours: QuietHours | None
-    delivery: DeliveryPolicy
-    default_sequence: str
-    limits: Limits = field(default_factory=Limits)
-    locale: str = "ja"
-    home: Path = field(default=Path())
+    default_sequence: Text  # the seminar the sign-up form enrols in
+    signup: Signup = Signup()
+    quiet_hours: QuietHours | None = QuietHours()
+    delivery: DeliveryPolicy = DeliveryPolicy()
+    limits: Limits = Limits()
+    locale: Locale = "ja"
+    home: Path = Path()  # where the file was found (MAILER_HOME), never a key in it
+
+    @field_validator("quiet_hours")
+    @classmethod
+    def _switched_off(cls, value: QuietHours | None) -> QuietHours | None:
+        return value if value is not None and value.enabled else None
 
 
-DEFAULT_BLOCKED = (
-    BlockedProvider("iCloud", ("icloud.com", "me.com", "mac.com")),
-    BlockedProvider("Hotmail", ("hotmail.*",)),
-    BlockedProvider("Outlook", ("outlook.*",)),
-    BlockedProvider("docomo", ("docomo.ne.jp",)),
-    BlockedProvider("au (ezweb)", ("ezweb.ne.jp",)),
-)
-LOCALES = ("ja", "en")
-
-
-def _time(value: object, where: str) -> time:
-    try:
-        return time.fromisoformat(str(value))
-    except ValueError:
-        raise ConfigError(f'{where}: expected a time like "09:00", got {value!r}') from None
-
-
-def _duration(value: object, where: str) -> timedelta:
-    """`90s`, `5m`, `6h`, `2d`, or a number of seconds."""
-    text = str(value).strip()
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    try:
-        if text and text[-1] in units:
-            return timedelta(seconds=float(text[:-1]) * units[text[-1]])
-        return timedelta(seconds=float(text))
-    except ValueError:
-        raise ConfigError(f'{where}: expected a duration like "6h", got {value!r}') from None
-
-
-def _table(data: dict[str, Any], key: str, where: str) -> dict[str, Any]:
-    value = data.get(key, {})
-    if not isinstance(value, dict):
-        raise ConfigError(f"{where}: [{key}] must be a table")
-    return value
-
-
-def _rates(value: object, where: str) -> tuple[Rate, ...]:
-    if not isinstance(value, list):
-        raise ConfigError(f'{where}: expected a list of rates like ["20/s", "30000/h"]')
-    return tuple(Rate.parse(item, where) for item in value)
-
-
-def _limits(data: dict[str, Any], where: str) -> Limits:
-    rules = data.get("domains", [])
-    if not isinstance(rules, list) or not all(
-        isinstance(r, dict) and isinstance(r.get("domains"), list) for r in rules
-    ):
-        raise ConfigError(f"{where}: each [[limits.domains]] needs domains = [...] and rates = [...]")
-    return Limits(
-        relay=_rates(data.get("relay", []), f"{where}: limits.relay"),
-        domains=tuple(
-            DomainLimit(
-                tuple(str(d).lower().strip(".") for d in rule["domains"]),
-                _rates(rule.get("rates"), f"{where}: limits.domains"),
-            )
-            for rule in rules
-        ),
-    )
+_SITE = TypeAdapter(Site)
+# Why a key is required, for the message that says it is missing.
+_REQUIRED_BECAUSE = {
+    "sender": "required in every mail by law",
+    "default_sequence": "the seminar the form signs up to",
+}
 
 
 def load_site(home: Path) -> Site:
-    """Read `mailer.toml`; every error names the file and the key."""
+    """Read `mailer.toml`; every error is one line naming the file, the key and what is wrong."""
     path = home / "mailer.toml"
-    where = str(path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"{where}: not found (set MAILER_HOME to the folder that has it)") from None
+        raise ConfigError(f"{path}: not found (set MAILER_HOME to the folder that has it)") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror})") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
+        raise ConfigError(f"{path}: {exc}") from None
+    if "home" in data:
+        raise ConfigError(f"{path}: home: unknown key (the site's folder is MAILER_HOME)")
+    try:
+        return _SITE.validate_python({**data, "home": home})
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {_describe(exc.errors())}") from None
 
-    sender_data = _table(data, "sender", where)
-    missing = [
-        k for k in ("name", "from", "postal_address", "contact", "disclaimer") if not sender_data.get(k)
-    ]
-    if missing:
-        raise ConfigError(f"{where}: [sender] lacks {', '.join(missing)} (required in every mail by law)")
-    address = str(sender_data["from"])
-    sender = Sender(
-        name=str(sender_data["name"]),
-        address=address,
-        postal_address=str(sender_data["postal_address"]),
-        contact=str(sender_data["contact"]),
-        disclaimer=str(sender_data["disclaimer"]),
-        unsubscribe_mailto=str(sender_data.get("unsubscribe_mailto", address)),
-    )
 
-    signup_data = _table(data, "signup", where)
-    blocked: tuple[BlockedProvider, ...] = DEFAULT_BLOCKED
-    if "blocked" in signup_data:
-        try:
-            blocked = tuple(
-                BlockedProvider(str(b["provider"]), tuple(str(d).lower() for d in b["domains"]))
-                for b in signup_data["blocked"]
-            )
-        except (KeyError, TypeError):
-            raise ConfigError(
-                f'{where}: each [[signup.blocked]] needs provider = "..." and domains = [...]'
-            ) from None
-    signup = Signup(
-        blocked=blocked,
-        confirmations_per_day=int(signup_data.get("confirmations_per_day", 3)),
-        per_client_per_hour=int(signup_data.get("per_client_per_hour", 20)),
-        confirm_days=int(signup_data.get("confirm_days", 7)),
-        check_deliverability=bool(signup_data.get("check_deliverability", False)),
-    )
+def _describe(errors: list[ErrorDetails]) -> str:
+    """The first problem as `key: what is wrong`; the keys the law requires are named together."""
+    lacking = {key for e in errors for key in _sender_lacks(e)}
+    if lacking:
+        rest = sum(1 for e in errors if not _sender_lacks(e))
+        keys = ", ".join(k for k in _keys(Sender) if k in lacking)
+        first = f"[sender] lacks {keys} ({_REQUIRED_BECAUSE['sender']})"
+    else:
+        rest, first = len(errors) - 1, _one(errors[0])
+    return first + (f" (and {rest} more)" if rest else "")
 
-    quiet: QuietHours | None = QuietHours(time(21), time(8))
-    quiet_data = _table(data, "quiet_hours", where)
-    if quiet_data.get("enabled", True) is False:
-        quiet = None
-    elif quiet_data:
-        quiet = QuietHours(
-            _time(quiet_data.get("start", "21:00"), f"{where}: quiet_hours.start"),
-            _time(quiet_data.get("end", "08:00"), f"{where}: quiet_hours.end"),
-        )
 
-    d = _table(data, "delivery", where)
-    delivery = DeliveryPolicy(
-        batch_size=int(d.get("batch_size", 200)),
-        lease=_duration(d.get("lease", "5m"), f"{where}: delivery.lease"),
-        commit_every=int(d.get("commit_every", 20)),
-        max_attempts=int(d.get("max_attempts", 8)),
-        retry_base=_duration(d.get("retry_base", "1m"), f"{where}: delivery.retry_base"),
-        retry_cap=_duration(d.get("retry_cap", "2h"), f"{where}: delivery.retry_cap"),
-        tick_seconds=_duration(d.get("tick", "5s"), f"{where}: delivery.tick").total_seconds(),
-        max_lateness=_duration(d.get("max_lateness", "6h"), f"{where}: delivery.max_lateness"),
-    )
+def _sender_lacks(error: ErrorDetails) -> list[str]:
+    """The keys of [sender] this error says are missing or empty; none if it is about something else."""
+    loc = error["loc"]
+    if loc[:1] != ("sender",) or len(loc) > 2 or error["type"] not in {"missing", "string_too_short"}:
+        return []
+    if len(loc) == 2:
+        return [str(loc[1])]
+    return [k for k, f in _fields(Sender).items() if f.is_required()] if error["type"] == "missing" else []
 
-    limits = _limits(_table(data, "limits", where), where)
 
-    locale = str(data.get("locale", "ja"))
-    if locale not in LOCALES:
-        raise ConfigError(f"{where}: locale must be one of {', '.join(LOCALES)}, got {locale!r}")
-    default_sequence = str(data.get("default_sequence", ""))
-    if not default_sequence:
-        raise ConfigError(f"{where}: default_sequence is required (the seminar the form signs up to)")
-    return Site(
-        sender=sender,
-        signup=signup,
-        quiet_hours=quiet,
-        delivery=delivery,
-        default_sequence=default_sequence,
-        limits=limits,
-        locale=locale,
-        home=home,
-    )
+def _path(loc: tuple[int | str, ...]) -> str:
+    """`delivery.batch_size`, `signup.blocked[0].provider`."""
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+
+
+def _fields(table: Any) -> dict[str, FieldInfo]:
+    """A table's fields by their key in the file (the alias where there is one)."""
+    fields: dict[str, FieldInfo] = table.__pydantic_fields__
+    return {f.alias or name: f for name, f in fields.items() if name != "home"}
+
+
+def _keys(table: Any) -> list[str]:
+    return list(_fields(table))
+
+
+def _table_at(loc: tuple[int | str, ...]) -> Any:
+    """The schema class of the table at `loc`: Site, Sender, DomainLimit, ..."""
+    table: Any = Site
+    for part in loc:
+        if isinstance(part, str):
+            annotation = _fields(table)[part].annotation
+            table = next(t for t in _types(annotation) if hasattr(t, "__pydantic_fields__"))
+    return table
+
+
+def _types(annotation: Any) -> list[Any]:
+    return [annotation, *(t for arg in get_args(annotation) for t in _types(arg))]
+
+
+def _one(error: ErrorDetails) -> str:
+    loc, kind, value = error["loc"], error["type"], error.get("input")
+    key_of_value = loc
+    while kind != "dataclass_type" and key_of_value and isinstance(key_of_value[-1], int):
+        # a value in a list (a rate, a domain) names the list; a table in one keeps its number
+        key_of_value = key_of_value[:-1]
+    got = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+    if kind == "missing" or (kind == "string_too_short" and len(loc) == 1):
+        key, table = str(loc[-1]), loc[:-1]
+        why = f" ({_REQUIRED_BECAUSE[key]})" if key in _REQUIRED_BECAUSE else ""
+        if not table:
+            return f"{key} is required{why}"
+        if isinstance(table[-1], int):
+            return f"{_path(table)}: each [[{_path(table[:-1])}]] needs {key}"
+        return f"[{_path(table)}] lacks {key}{why}"
+    if kind == "unexpected_keyword_argument":
+        known = _keys(_table_at(loc[:-1]))
+        close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        hint = f"did you mean {close[0]}?" if close else f"the keys here are {', '.join(known)}"
+        return f"{_path(loc)}: unknown key ({hint})"
+    what = {
+        "int_type": f"expected a whole number, got {got}",
+        "greater_than": f"expected a whole number above {error.get('ctx', {}).get('gt')}, got {got}",
+        "bool_type": f"expected true or false, got {got}",
+        "string_type": f"expected text in quotes, got {got}",
+        "string_too_short": "must not be empty",
+        "tuple_type": f"expected a list [...], got {got}",
+        "dataclass_type": f"expected a table, got {got}",
+        "literal_error": f"must be {error.get('ctx', {}).get('expected')}, got {got}",
+        "value_error": str(error.get("ctx", {}).get("error")),
+    }.get(kind, f"{error['msg']}, got {got}")
+    return f"{_path(key_of_value)}: {what}"
