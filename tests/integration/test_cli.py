@@ -116,6 +116,21 @@ def test_site_without_sender_identity_is_refused(home: Path) -> None:
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("command", [("sequences", "check"), ("tick",)])
+def test_a_wrong_value_in_the_site_file_is_one_line(home: Path, command: tuple[str, ...]) -> None:
+    """A string where mailer.toml wants a number stops the command with one line naming file and key."""
+    site = home / "mailer.toml"
+    site.write_text(
+        site.read_text(encoding="utf-8").replace("batch_size = 200", 'batch_size = "many"'), encoding="utf-8"
+    )
+    result = mailer(home, *command)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"error: {site}: delivery.batch_size: expected a whole number, got 'many'"
+    )
+    assert "Traceback" not in result.stdout
+
+
 def test_preview_renders_a_step_for_a_sample_subscriber(home: Path, tmp_path: Path) -> None:
     """Preview prints the subject and the text in its layout, or writes the HTML to a file."""
     result = mailer(home, "sequences", "preview", "web-business", "lesson-2")
