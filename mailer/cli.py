@@ -21,10 +21,9 @@ from mailer import logs
 from mailer.config import load_settings
 from mailer.db import session_scope, utcnow
 from mailer.errors import MailerError, SequenceError
-from mailer.mail.compose import Recipient
-from mailer.mail.footer import missing_footer_items
 from mailer.runtime import Runtime
-from mailer.seminars.sequences import load_catalog, load_catalog_strict
+from mailer.seminars.checks import check, sample_recipient
+from mailer.seminars.sequences import load_catalog_strict
 
 app = typer.Typer(
     name="mailer",
@@ -170,56 +169,12 @@ def db_upgrade() -> None:
 def sequences_check() -> None:
     """Validate every seminar and render every step for a sample subscriber."""
     runtime = _runtime()
-    home = runtime.settings.home
-    catalog, errors = load_catalog(home)
-    site = runtime.site
-    renderer = runtime.renderer
-    sample = _sample(runtime)
-    steps = 0
-    for sequence in catalog.sequences.values():
-        for step in sequence.steps:
-            where = f"{home / 'templates' / 'mail' / sequence.id / step.id}"
-            try:
-                composed = renderer.step(sequence, step).compose(sample)
-            except Exception as exc:  # any template error is the operator's to fix: say which
-                errors.append(f"{where}: step {step.id!r} of {sequence.id!r}: {_template_error(exc)}")
-                continue
-            steps += 1
-            errors.extend(
-                f"{where}: step {step.id!r}: the footer lacks {item}"
-                for item in missing_footer_items(composed, site)
-            )
-            if not composed.subject:
-                errors.append(f"{where}/subject.txt: step {step.id!r}: the subject is empty")
-        try:
-            renderer.confirm(sequence).compose(
-                sample, confirm_url="http://example.invalid/confirm/x", confirm_days=7
-            )
-        except Exception as exc:
-            errors.append(f"{home / 'templates' / 'mail' / '_confirm'}: {_template_error(exc)}")
-    if not (home / "sequences" / f"{site.default_sequence}.toml").exists():
-        errors.append(
-            f"{home / 'mailer.toml'}: default_sequence {site.default_sequence!r} names no seminar file"
-        )
-    if errors:
-        for line in errors:
+    result = check(runtime.settings.home, runtime.site, runtime.renderer)
+    if not result.ok:
+        for line in result.errors:
             err.print(line, highlight=False, markup=False)
         raise typer.Exit(1)
-    out.print(f"ok: {len(catalog.sequences)} seminars, {steps} steps")
-
-
-def _template_error(exc: Exception) -> str:
-    name = getattr(exc, "filename", None) or getattr(exc, "name", None)
-    line = getattr(exc, "lineno", None)
-    where = f"{name}:{line}: " if name and line else (f"{name}: " if name else "")
-    kind = "missing template" if type(exc).__name__ == "TemplateNotFound" else type(exc).__name__
-    return f"{where}{kind}: {exc}" if kind != "missing template" else f"missing template {exc}"
-
-
-def _sample(runtime: Runtime) -> Recipient:
-    from mailer.i18n import translator  # noqa: PLC0415
-
-    return Recipient(0, 0, "sample@example.com", translator(runtime.site.locale)("sample_name"))
+    out.print(f"ok: {result.seminars} seminars, {result.steps} steps")
 
 
 @sequences_app.command("preview")
@@ -238,7 +193,7 @@ def sequences_preview(
     if step is None:
         have = ", ".join(s.id for s in sequence.steps)
         _fail(f"seminar {sequence_id!r} has no step {step_id!r} (have: {have})")
-    composed = runtime.renderer.step(sequence, step).compose(_sample(runtime))
+    composed = runtime.renderer.step(sequence, step).compose(sample_recipient(runtime.site.locale))
     if html is not None:
         if composed.html is None:
             _fail(f"step {step_id!r} has no body.html")
