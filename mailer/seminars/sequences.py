@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import tomllib
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,99}$")
 TOP_KEYS = {"title", "timezone", "send_at", "then", "steps"}
 STEP_KEYS = {"id", "day", "at"}
 STEPS_HEADER = re.compile(r"^\s*\[\[\s*steps\s*\]\]")  # TOML allows spaces inside the brackets
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -238,9 +241,13 @@ class CatalogCache:
         if stamp != self._stamp:
             catalog, errors = load_catalog(self.home)
             self.errors = errors
-            if not errors or self._catalog is None:
-                if errors:
-                    raise SequenceError("\n".join(errors))
+            if errors and self._catalog is None:
+                raise SequenceError("\n".join(errors))
+            if errors:
+                # Once per edit, not per read: the stamp is only taken again when a file changes.
+                # Error lines name files and lines, never addresses.
+                log.warning("sequences.edit_kept_back errors=%d first=%s", len(errors), errors[0])
+            else:
                 self._catalog = catalog
             self._stamp = stamp
         assert self._catalog is not None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import textwrap
 from datetime import time
@@ -385,6 +386,29 @@ def test_cache_keeps_the_last_good_catalog_when_a_file_breaks(tmp_path: Path) ->
     path.write_text(GOOD + "\n[[steps]]\nid = 'lesson-2'\ndya = 3\n", encoding="utf-8")
     assert cache.get() is good
     assert any(str(path) in e and "'dya'" in e for e in cache.errors)
+
+
+def test_a_kept_back_edit_is_logged_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Each broken edit logs one warning naming its first error, however often the catalog is read."""
+    path = write(tmp_path, "seminar", GOOD)
+    cache = CatalogCache(tmp_path)
+    good = cache.get()
+
+    path.write_text(GOOD + "\n[[steps]]\nid = 'lesson-2'\ndya = 3\n", encoding="utf-8")
+    with caplog.at_level(logging.WARNING, logger="mailer.seminars.sequences"):
+        served = [cache.get() for _ in range(3)]
+    assert all(catalog is good for catalog in served)
+    lines = [r.getMessage() for r in caplog.records if "sequences.edit_kept_back" in r.getMessage()]
+    assert len(lines) == 1
+    assert lines[0] == f"sequences.edit_kept_back errors={len(cache.errors)} first={cache.errors[0]}"
+    assert str(path) in lines[0]
+    assert "'dya'" in lines[0]
+
+    path.write_text(GOOD + "\n[[steps]]\nday = 3\n", encoding="utf-8")  # another broken edit
+    with caplog.at_level(logging.WARNING, logger="mailer.seminars.sequences"):
+        assert cache.get() is good
+        assert cache.get() is good
+    assert sum("sequences.edit_kept_back" in r.getMessage() for r in caplog.records) == 2
 
 
 def test_cache_picks_up_a_valid_edit(tmp_path: Path) -> None:
