@@ -1,0 +1,27 @@
+"""What every command shares: the two consoles, the one-line failure, the runtime from the environment."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, NoReturn
+
+import typer
+from rich.console import Console
+
+if TYPE_CHECKING:
+    from mailer.runtime import Runtime
+
+out = Console()
+err = Console(stderr=True)
+
+
+def fail(message: str) -> NoReturn:
+    err.print(f"[red]error:[/red] {message}", highlight=False, markup=True)
+    raise typer.Exit(1)
+
+
+def load_runtime(*, sending: bool = False) -> Runtime:
+    """The runtime the environment describes (`sending`: a worker process, see Runtime)."""
+    from mailer.config import load_settings
+    from mailer.runtime import Runtime
+
+    return Runtime(load_settings(), sending=sending)
