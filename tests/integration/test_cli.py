@@ -180,6 +180,7 @@ def test_tick_and_stats(home: Path, sink: Sink) -> None:
     ("args", "expected"),
     [
         (("tick", "--now", "yesterday"), "is not an ISO-8601 time"),
+        (("tick", "--now", "[/x]"), "--now '[/x]' is not an ISO-8601 time"),
         (("sequences", "preview", "nope", "welcome"), "no seminar 'nope'"),
     ],
 )
