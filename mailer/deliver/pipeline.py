@@ -31,6 +31,7 @@ from mailer.ratelimit import Limiter, LocalLimiter
 from mailer.seminars import cursor
 from mailer.seminars.sequences import Catalog
 from mailer.send import Connection, Transport
+from mailer.subscribers.addresses import wire_form
 
 log = logging.getLogger(__name__)
 
@@ -147,11 +148,11 @@ class Deliverer:
         then finished (signed)."""
         if verdict.key not in templates:
             templates[verdict.key] = verdict.template()
-        recipient = Recipient(row.id, row.subscriber_id, row.email, row.name)
+        recipient = Recipient(row.id, row.subscriber_id, wire_form(row.email), row.name)
         message = templates[verdict.key].render(recipient, now, **verdict.extra)
         for finish in self.finishers:
             message = finish(row, message)
-        return Job(row.id, row.subscriber_id, row.email, message, verdict.passed)
+        return Job(row.id, row.subscriber_id, recipient.email, message, verdict.passed)
 
     def send_group(
         self, jobs: list[Job], token: str, now: datetime, connection: Connection, catalog: Catalog

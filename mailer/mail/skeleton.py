@@ -40,6 +40,7 @@ class MailPolicy(EmailPolicy):
 
 
 MAIL_POLICY = MailPolicy(linesep="\r\n")
+SMTPUTF8_POLICY = MAIL_POLICY.clone(utf8=True)  # headers in UTF-8, for a relay that offers SMTPUTF8
 
 
 def clean_header_text(value: str) -> str:

@@ -6,6 +6,7 @@ import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
 
+import idna
 from email_validator import EmailNotValidError, validate_email
 from publicsuffixlist import PublicSuffixList
 
@@ -83,3 +84,12 @@ def check_address(
     if provider:  # an IDN or trailing-dot spelling of a blocked domain
         return Refusal("blocked", provider)
     return Address(email=email, key=email.casefold())
+
+
+def wire_form(email: str) -> str:
+    """The address as SMTP and the To: header carry it: an internationalised domain (例え.jp) in
+    its ASCII form (xn--r8jz45g.jp), as RFC 5890 writes it outside SMTPUTF8."""
+    local, _, domain = email.rpartition("@")
+    if domain.isascii():
+        return email
+    return f"{local}@{idna.encode(domain, uts46=True).decode('ascii')}"

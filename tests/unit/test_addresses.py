@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mailer.config import DEFAULT_BLOCKED, BlockedProvider, load_site
-from mailer.subscribers.addresses import Address, Refusal, check_address
+from mailer.subscribers.addresses import Address, Refusal, check_address, wire_form
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -239,3 +239,9 @@ def test_check_address_is_idempotent_on_generated_addresses(raw: str) -> None:
 def test_check_address_never_raises(raw: str) -> None:
     """Whatever is typed into the form, the answer is an address or a refusal, never a crash."""
     assert isinstance(check_address(raw, DEFAULT_BLOCKED), Address | Refusal)
+
+
+def test_an_internationalised_domain_has_an_ascii_wire_form() -> None:
+    """The domain of x@例え.jp goes to SMTP as its A-label; an ASCII address is left as it is."""
+    assert wire_form("x@例え.jp") == "x@xn--r8jz45g.jp"
+    assert wire_form("Taro@Example.jp") == "Taro@Example.jp"
