@@ -33,8 +33,6 @@ class Connection(Protocol):
 
 
 class Transport(Protocol):
-    name: str
-
     def session(self) -> AbstractContextManager[Connection]: ...
 
     def close(self) -> None:

@@ -27,8 +27,6 @@ class MaildirConnection:
 
 
 class MaildirTransport:
-    name = "maildir"
-
     def __init__(self, folder: Path) -> None:
         self.folder = folder
 

@@ -307,8 +307,6 @@ def _lost(exc: _NotStartedError) -> DeliveryError:
 class SMTPTransport:
     """The relay, with a pool of sessions this process reuses from one task to the next."""
 
-    name = "smtp"
-
     def __init__(
         self,
         *,
