@@ -12,7 +12,6 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from functools import partial
-from typing import NamedTuple
 
 from mailer.errors import DeliveryError, TransientDeliveryError
 from mailer.send import M
@@ -25,11 +24,6 @@ log = logging.getLogger(__name__)
 _DOT_LINE = re.compile(rb"(?:^|\n)\.")
 IDLE_CHECK = 10.0  # a pooled session idle longer than this is checked with NOOP before use
 IDLE_LIMIT = 240.0  # and one idle longer than this is closed: relays drop idle sessions at 300 s
-
-
-class _Mail(NamedTuple):
-    recipient: str
-    message: bytes
 
 
 class SMTPConnection:
@@ -104,12 +98,6 @@ class SMTPConnection:
                 code = 0
             if code != 250:
                 self._drop()
-
-    def send(self, sender: str, recipient: str, message: bytes) -> None:
-        """One mail: returns once the server has accepted it, else raises its DeliveryError."""
-        for _, error in self.send_many(sender, [_Mail(recipient, message)]):
-            if error is not None:
-                raise error
 
     def send_many(self, sender: str, mails: Iterable[M]) -> Iterator[tuple[M, DeliveryError | None]]:
         """Each mail in turn, yielded with None once the server has accepted it, or with its error.

@@ -18,13 +18,25 @@ from mailer.db import session_scope
 from mailer.errors import PermanentDeliveryError, TransientDeliveryError
 from mailer.models import Subscriber
 from mailer.runtime import Runtime
-from mailer.send import transport_from_url
+from mailer.send import Connection, transport_from_url
 from mailer.send.smtp import SMTPTransport
 from tests.conftest import Sink, SinkHandler
 from tests.helpers import at, join, ledger_row, seminar_mails
 from tests.services import free_port
 
 MESSAGE = b"From: a@example.jp\r\nTo: b@example.com\r\nSubject: hi\r\n\r\nhello\r\n"
+
+
+class Letter(NamedTuple):
+    recipient: str
+    message: bytes
+
+
+def send(connection: Connection, sender: str, recipient: str, message: bytes) -> None:
+    """One mail through `send_many`: returns once the relay accepted it, else raises its error."""
+    for _, error in connection.send_many(sender, [Letter(recipient, message)]):
+        if error is not None:
+            raise error
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +105,7 @@ def test_starttls_and_auth_deliver(tls_sink: tuple[Sink, str]) -> None:
         f"smtp://mailer:s3cret@127.0.0.1:{sink.port}?starttls=1&cafile={cafile}", Path()
     )
     with closing(transport), transport.session() as connection:
-        connection.send("a@example.jp", "b@example.com", MESSAGE)
+        send(connection, "a@example.jp", "b@example.com", MESSAGE)
     assert [r.recipients for r in sink.received] == [["b@example.com"]]
 
 
@@ -109,7 +121,7 @@ def test_wrong_password_is_a_temporary_failure(tls_sink: tuple[Sink, str]) -> No
         transport.session() as connection,
         pytest.raises(TransientDeliveryError),
     ):
-        connection.send("a@example.jp", "b@example.com", MESSAGE)
+        send(connection, "a@example.jp", "b@example.com", MESSAGE)
     assert sink.received == []
 
 
@@ -122,7 +134,7 @@ def test_untrusted_certificate_is_refused(tls_sink: tuple[Sink, str]) -> None:
         transport.session() as connection,
         pytest.raises(TransientDeliveryError, match="CERTIFICATE_VERIFY_FAILED"),
     ):
-        connection.send("a@example.jp", "b@example.com", MESSAGE)
+        send(connection, "a@example.jp", "b@example.com", MESSAGE)
 
 
 def test_smtps_implicit_tls(certificate: tuple[Path, Path]) -> None:
@@ -137,7 +149,7 @@ def test_smtps_implicit_tls(certificate: tuple[Path, Path]) -> None:
     try:
         transport = transport_from_url(f"smtps://127.0.0.1:{port}?cafile={cert}", Path())
         with closing(transport), transport.session() as connection:
-            connection.send("a@example.jp", "b@example.com", MESSAGE)
+            send(connection, "a@example.jp", "b@example.com", MESSAGE)
     finally:
         controller.stop()
     assert len(handler.received) == 1
@@ -159,7 +171,7 @@ def test_one_connection_carries_many_mails_and_survives_refusals(sink: Sink) -> 
             "r2@example.com",
         ]:
             try:
-                connection.send("a@example.jp", rcpt, MESSAGE)
+                send(connection, "a@example.jp", rcpt, MESSAGE)
                 outcomes.append("ok")
             except TransientDeliveryError as exc:
                 outcomes.append(f"later {exc.code}")
@@ -172,11 +184,6 @@ def test_one_connection_carries_many_mails_and_survives_refusals(sink: Sink) -> 
         "r1@example.com",
         "r2@example.com",
     ]
-
-
-class Letter(NamedTuple):
-    recipient: str
-    message: bytes
 
 
 @pytest.mark.parametrize("pipelining", [True, False])
@@ -228,7 +235,7 @@ def test_a_relay_that_caps_mails_per_session_costs_a_reconnect_not_a_retry(
     letters = [Letter(f"r{n}@example.com", MESSAGE) for n in range(10)]
     with closing(transport), transport.session() as connection:
         errors = [error for _, error in connection.send_many("a@example.jp", letters)]
-        connection.send("a@example.jp", "single@example.com", MESSAGE)  # the 4th of its session
+        send(connection, "a@example.jp", "single@example.com", MESSAGE)  # the 4th of its session
     assert errors == [None] * 10
     assert [r.recipients[0] for r in sink.received] == [f"r{n}@example.com" for n in range(10)] + [
         "single@example.com"
@@ -244,13 +251,13 @@ def test_reconnects_after_the_server_drops_the_session() -> None:
     controller.start()
     transport = SMTPTransport(host="127.0.0.1", port=port, timeout=5)
     with closing(transport), transport.session() as connection:
-        connection.send("a@example.jp", "b@example.com", MESSAGE)
+        send(connection, "a@example.jp", "b@example.com", MESSAGE)
         controller.stop()
         with pytest.raises(TransientDeliveryError):
-            connection.send("a@example.jp", "b@example.com", MESSAGE)
+            send(connection, "a@example.jp", "b@example.com", MESSAGE)
         controller = Controller(handler, hostname="127.0.0.1", port=port)
         controller.start()
-        connection.send("a@example.jp", "b@example.com", MESSAGE)
+        send(connection, "a@example.jp", "b@example.com", MESSAGE)
     controller.stop()
     assert len(handler.received) == 2
 
@@ -269,13 +276,13 @@ def test_the_pool_reuses_a_session_across_tasks_and_replaces_one_the_server_clos
     try:
         for task in range(3):  # three deliver tasks, one after the other
             with transport.session() as connection:
-                connection.send("a@example.jp", f"t{task}@example.com", MESSAGE)
+                send(connection, "a@example.jp", f"t{task}@example.com", MESSAGE)
         assert handler.connections == 1
         controller.stop()  # the relay closes every session (a restart, an idle timeout)
         controller = Controller(handler, hostname="127.0.0.1", port=port)
         controller.start()
         with transport.session() as connection:
-            connection.send("a@example.jp", "after@example.com", MESSAGE)
+            send(connection, "a@example.jp", "after@example.com", MESSAGE)
         assert handler.connections == 2
     finally:
         transport.close()
@@ -299,11 +306,11 @@ def test_a_refused_sender_or_recipient_leaves_the_session_clean(
     transport = SMTPTransport(host="127.0.0.1", port=sink.port)
     with closing(transport), transport.session() as connection:
         with pytest.raises(PermanentDeliveryError, match=r"5\.1\.1"):
-            connection.send("a@example.jp", "gone@example.com", MESSAGE)
-        connection.send("a@example.jp", "here@example.com", MESSAGE)
+            send(connection, "a@example.jp", "gone@example.com", MESSAGE)
+        send(connection, "a@example.jp", "here@example.com", MESSAGE)
         with pytest.raises(PermanentDeliveryError, match=r"^5"):
-            connection.send("bad sender@", "here@example.com", MESSAGE)
-        connection.send("a@example.jp", "again@example.com", MESSAGE)
+            send(connection, "bad sender@", "here@example.com", MESSAGE)
+        send(connection, "a@example.jp", "again@example.com", MESSAGE)
     assert [r.recipients[0] for r in sink.received] == ["here@example.com", "again@example.com"]
     assert sink.handler.connections == 1
 
@@ -313,7 +320,7 @@ def test_a_line_starting_with_a_dot_arrives_intact(sink: Sink) -> None:
     message = MESSAGE + b".\r\n..two\r\n.end\r\n"
     transport = SMTPTransport(host="127.0.0.1", port=sink.port)
     with closing(transport), transport.session() as connection:
-        connection.send("a@example.jp", "b@example.com", message)
+        send(connection, "a@example.jp", "b@example.com", message)
     assert sink.received[0].data.replace(b"\n", b"\r\n").replace(b"\r\r\n", b"\r\n") == message
 
 
