@@ -7,8 +7,7 @@ import email
 import email.policy
 import threading
 import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
@@ -17,12 +16,10 @@ import pytest
 from sqlalchemy import select
 
 from mailer.db import session_scope
-from mailer.errors import DeliveryError
 from mailer.mail.compose import MailTemplate, Recipient
 from mailer.models import DeliveryAttempt, Enrolment
 from mailer.runtime import Runtime
-from mailer.send import M
-from mailer.send.smtp import SMTPConnection, SMTPTransport
+from mailer.send.memory import Hook, MemoryTransport
 from mailer.stats import collect
 from tests.conftest import Sink, make_settings
 from tests.helpers import at, join, ledger, ledger_row
@@ -153,28 +150,14 @@ class Crash(BaseException):
     """The worker process dies: not an error any code path handles."""
 
 
-class CrashingTransport(SMTPTransport):
-    """SMTP to the sink, until the `after`-th mail has been handed over: then the worker dies."""
+def crash_after(accepted: int) -> Hook:
+    """A hook: the worker dies once `accepted` mails have been handed over, the next one in flight."""
 
-    def __init__(self, sink: Sink, after: int) -> None:
-        super().__init__(host="127.0.0.1", port=sink.port)
-        self.after = after
-        self.sent = 0
+    def crash(index: int, _recipient: str) -> None:
+        if index == accepted:
+            raise Crash
 
-    @contextmanager
-    def session(self) -> Iterator[SMTPConnection]:
-        with super().session() as connection:
-            send_many = connection.send_many
-
-            def send_then_crash(sender: str, mails: Iterable[M]) -> Iterator[tuple[M, DeliveryError | None]]:
-                for mail, error in send_many(sender, mails):
-                    yield mail, error
-                    self.sent += 1
-                    if self.sent == self.after:
-                        raise Crash
-
-            connection.send_many = send_then_crash  # type: ignore[method-assign]
-            yield connection
+    return crash
 
 
 def test_a_crash_resends_at_most_the_group_in_flight(home: Path, database_url: str, sink: Sink) -> None:
@@ -183,47 +166,21 @@ def test_a_crash_resends_at_most_the_group_in_flight(home: Path, database_url: s
     runtime.upgrade_db()
     ids = [join(runtime, sink, f"c{n}@example.com", at("2026-12-01 10:00")) for n in range(30)]
     runtime.plan(at("2026-12-02 09:00"))
-    sink.clear()
-    runtime.transport_override = CrashingTransport(sink, after=25)
-    started = time.monotonic()
+    transport = MemoryTransport(hook=crash_after(25))
+    runtime.transport_override = transport
+    # What a real SMTP session does when its worker dies so (mail 26 at DATA: closed, no QUIT) is
+    # test_smtp.py's test_a_session_that_dies_at_data_is_closed_without_quit.
     with pytest.raises(Crash):
         runtime.deliverer().run(lambda: at("2026-12-02 09:00"))
-    # The session died with mail 26 at DATA: it is closed, not sent a QUIT the server would read as
-    # mail content (then waiting its 30 s timeout for a reply that never comes).
-    assert time.monotonic() - started < 10
     states = [ledger(runtime, i)["lesson-1"] for i in ids]
     assert states.count("sent") == 20  # one group of 20 committed; the group in flight was not
-    runtime.transport_override.close()
-    runtime.transport_override = None
+    transport.hook = None
     runtime.tick(lambda: at("2026-12-02 09:06"))  # the lease (5 minutes) lapsed
-    received = [r.recipients[0] for r in sink.received]
+    received = [a.recipient for a in transport.accepted]
     assert sorted(set(received)) == sorted(f"c{n}@example.com" for n in range(30))
     assert len(received) - 30 == 5  # re-sent: only what SMTP took after the last commit
     assert all(ledger(runtime, i)["lesson-1"] == "sent" for i in ids)
     runtime.close()
-
-
-class OutageTransport(SMTPTransport):
-    """SMTP to the sink; once SMTP has taken the first group, PostgreSQL stops for a second."""
-
-    def __init__(self, sink: Sink, postgres: PostgresServer) -> None:
-        super().__init__(host="127.0.0.1", port=sink.port)
-        self.postgres = postgres
-        self.restart = threading.Thread(target=lambda: (time.sleep(1.0), postgres.start()))
-
-    @contextmanager
-    def session(self) -> Iterator[SMTPConnection]:
-        with super().session() as connection:
-            send_many = connection.send_many
-
-            def send_then_stop(sender: str, mails: Iterable[M]) -> Iterator[tuple[M, DeliveryError | None]]:
-                yield from send_many(sender, mails)
-                if not self.restart.is_alive() and self.restart.ident is None:
-                    self.postgres.stop()  # before the group is recorded
-                    self.restart.start()
-
-            connection.send_many = send_then_stop  # type: ignore[method-assign]
-            yield connection
 
 
 def test_a_group_smtp_took_is_recorded_once_the_database_is_back(
@@ -235,19 +192,28 @@ def test_a_group_smtp_took_is_recorded_once_the_database_is_back(
     runtime.upgrade_db()
     ids = [join(runtime, sink, f"o{n}@example.com", at("2026-12-01 10:00")) for n in range(30)]
     runtime.plan(at("2026-12-02 09:00"))
-    sink.clear()
-    transport = OutageTransport(sink, postgres)
+    restart = threading.Thread(target=lambda: (time.sleep(1.0), postgres.start()))
+
+    def stop_postgres(index: int, _recipient: str) -> None:
+        # The 20th mail closes the first group (commit_every = 20): PostgreSQL stops while it is in
+        # flight, so SMTP has taken the whole group by the time the group is to be recorded.
+        if index == 19:
+            postgres.stop()
+            restart.start()
+
+    transport = MemoryTransport(hook=stop_postgres)
     runtime.transport_override = transport
     try:
         report = runtime.deliverer().run(lambda: at("2026-12-02 09:00"))
     finally:
-        transport.restart.join(30)
+        if restart.ident is not None:
+            restart.join(30)
+    assert restart.ident is not None  # the database did go away
     assert report.sent == 30
     assert "delivery.record_waiting" in caplog.text  # the first group waited for the database
-    assert sorted(r.recipients[0] for r in sink.received) == sorted(f"o{n}@example.com" for n in range(30))
+    assert sorted(a.recipient for a in transport.accepted) == sorted(f"o{n}@example.com" for n in range(30))
     assert all(ledger(runtime, i)["lesson-1"] == "sent" for i in ids)
     with session_scope(runtime.sessions) as session:
         cursors = session.scalars(select(Enrolment.next_step_id).where(Enrolment.subscriber_id.in_(ids)))
         assert set(cursors) == {"lesson-2"}
-    transport.close()
     runtime.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ssl
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import closing
 from datetime import timedelta
@@ -19,7 +20,7 @@ from mailer.errors import PermanentDeliveryError, TransientDeliveryError
 from mailer.models import Subscriber
 from mailer.runtime import Runtime
 from mailer.send import Connection, transport_from_url
-from mailer.send.smtp import SMTPTransport
+from mailer.send.smtp import SMTPConnection, SMTPTransport
 from tests.conftest import Sink, SinkHandler
 from tests.helpers import at, join, ledger_row, seminar_mails
 from tests.services import free_port
@@ -241,6 +242,30 @@ def test_a_relay_that_caps_mails_per_session_costs_a_reconnect_not_a_retry(
         "single@example.com"
     ]
     assert sink.handler.connections == 4
+
+
+class Crash(BaseException):
+    """The worker process dies: not an error any code path handles."""
+
+
+def test_a_session_that_dies_at_data_is_closed_without_quit(sink: Sink) -> None:
+    """A worker that dies while the next mail's DATA is open closes the session at once: no QUIT,
+    which the relay would read as mail content (then waiting its 30 s timeout for a reply)."""
+    transport = SMTPTransport(host="127.0.0.1", port=sink.port)
+    letters = [Letter(f"r{n}@example.com", MESSAGE) for n in range(3)]
+
+    def die_after_the_first(connection: SMTPConnection) -> None:
+        for _, error in connection.send_many("a@example.jp", letters):
+            assert error is None
+            assert connection.in_data  # the next mail's envelope went with this one: its DATA is open
+            raise Crash
+
+    started = time.monotonic()
+    with closing(transport), pytest.raises(Crash), transport.session() as connection:
+        die_after_the_first(connection)
+    assert time.monotonic() - started < 10
+    assert connection.client is None
+    assert [r.recipients[0] for r in sink.received] == ["r0@example.com"]
 
 
 def test_reconnects_after_the_server_drops_the_session() -> None:
