@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -14,11 +12,9 @@ from sqlalchemy import func, select
 from mailer import ledger as mailer_ledger
 from mailer.db import session_scope
 from mailer.deliver.jobs import Report
-from mailer.errors import DeliveryError
 from mailer.models import Delivery, Enrolment
 from mailer.runtime import Runtime
-from mailer.send import M
-from mailer.send.smtp import SMTPConnection, SMTPTransport
+from mailer.send.memory import MemoryTransport
 from mailer.subscribers import signup
 from mailer.subscribers.tokens import UnsubscribeClaim
 from tests.conftest import Sink
@@ -185,51 +181,37 @@ def test_unsubscribe_after_the_claim_skips_the_mail(runtime: Runtime, sink: Sink
     assert [s for s, _ in arrivals(sink, "b@example.com", home)] == ["welcome"]
 
 
-class LeavingTransport(SMTPTransport):
-    """SMTP to the sink; while `leaver`'s mail is being handed over, they unsubscribe."""
+class LeaveInFlight:
+    """A transport hook: while `address`'s mail is being handed over, they unsubscribe."""
 
-    def __init__(self, runtime: Runtime, sink: Sink, leaver: int) -> None:
-        super().__init__(host="127.0.0.1", port=sink.port)
-        self.runtime, self.leaver = runtime, leaver
+    def __init__(self, runtime: Runtime, leaver: int, address: str) -> None:
+        self.address = address
         self.unsubscribe = threading.Thread(target=leave, args=(runtime, leaver))
         self.waited = False
 
-    @contextmanager
-    def session(self) -> Iterator[SMTPConnection]:
-        with super().session() as connection:
-            send_many = connection.send_many
-
-            def send_while_leaving(
-                sender: str, mails: Iterable[M]
-            ) -> Iterator[tuple[M, DeliveryError | None]]:
-                for mail, error in send_many(sender, mails):
-                    yield mail, error
-                    if not self.unsubscribe.is_alive() and not self.waited:
-                        self.unsubscribe.start()
-                        self.unsubscribe.join(0.5)
-                        self.waited = self.unsubscribe.is_alive()  # blocked by the group in flight
-
-            connection.send_many = send_while_leaving  # type: ignore[method-assign]
-            yield connection
+    def __call__(self, _index: int, recipient: str) -> None:
+        if recipient == self.address and self.unsubscribe.ident is None:
+            self.unsubscribe.start()
+            self.unsubscribe.join(0.5)
+            self.waited = self.unsubscribe.is_alive()  # blocked by the group in flight
 
 
-def test_unsubscribe_during_a_send_waits_for_the_mail_in_flight(
-    runtime: Runtime, sink: Sink, home: Path
-) -> None:
+def test_unsubscribe_during_a_send_waits_for_the_mail_in_flight(runtime: Runtime, home: Path) -> None:
     """An unsubscribe that arrives while the reader's mail is with SMTP commits after that mail is
     recorded as sent; nothing after it goes."""
-    a = join(runtime, sink, "a@example.com", at("2026-12-01 10:00"))
-    transport = LeavingTransport(runtime, sink, a)
+    transport = MemoryTransport()
     runtime.transport_override = transport
+    a = join(runtime, transport, "a@example.com", at("2026-12-01 10:00"))
+    leaving = LeaveInFlight(runtime, a, "a@example.com")
+    transport.hook = leaving
     runtime.tick(lambda: at("2026-12-02 09:00"))
-    transport.unsubscribe.join(10)
-    assert transport.waited, "the unsubscribe did not wait for the mail in flight"
+    leaving.unsubscribe.join(10)
+    assert leaving.waited, "the unsubscribe did not wait for the mail in flight"
     assert ledger(runtime, a)["lesson-1"] == "sent"
-    transport.close()
-    runtime.transport_override = None
+    transport.hook = None
     tick_through(runtime, at("2026-12-02 09:00"), at("2026-12-16 10:00"))
     # the lesson that was in flight, and nothing after it
-    assert [s for s, _ in arrivals(sink, "a@example.com", home)] == ["welcome", "lesson-1"]
+    assert [s for s, _ in arrivals(transport, "a@example.com", home)] == ["welcome", "lesson-1"]
 
 
 def test_lapsed_lease_is_reclaimed_and_sent_once(runtime: Runtime, sink: Sink, home: Path) -> None:
