@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from functools import partial
 
-from mailer.errors import DeliveryError, TransientDeliveryError
+from mailer.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
 from mailer.send import M
 from mailer.send.replies import classify
 
@@ -253,6 +253,10 @@ class SMTPConnection:
         except smtplib.SMTPResponseException as exc:
             self._reset(exc.smtp_code)
             raise classify(exc.smtp_code, exc.smtp_error) from exc
+        except smtplib.SMTPNotSupportedError as exc:  # no SMTPUTF8 here: trying again changes nothing
+            raise PermanentDeliveryError(
+                "smtp: the relay does not offer SMTPUTF8, which this address needs"
+            ) from exc
         except (OSError, smtplib.SMTPException) as exc:
             self._drop()
             raise TransientDeliveryError(f"smtp: {exc}") from exc

@@ -287,6 +287,23 @@ def test_reconnects_after_the_server_drops_the_session() -> None:
     assert len(handler.received) == 2
 
 
+def test_an_smtputf8_address_to_a_relay_without_smtputf8_fails_for_good_and_alone() -> None:
+    """A relay that does not offer SMTPUTF8 cannot take 太郎@: that mail fails once, the next goes."""
+    handler = SinkHandler()
+    port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port, enable_SMTPUTF8=False)
+    controller.start()
+    transport = SMTPTransport(host="127.0.0.1", port=port, timeout=5)
+    try:
+        with closing(transport), transport.session() as connection:
+            with pytest.raises(PermanentDeliveryError, match="SMTPUTF8"):
+                send(connection, "a@example.jp", "太郎@example.com", MESSAGE)
+            send(connection, "a@example.jp", "b@example.com", MESSAGE)
+    finally:
+        controller.stop()
+    assert [r.recipients for r in handler.received] == [["b@example.com"]]
+
+
 @pytest.mark.parametrize("pipelining", [True, False])
 def test_the_pool_reuses_a_session_across_tasks_and_replaces_one_the_server_closed(
     pipelining: bool,
