@@ -22,7 +22,7 @@ def worker_thread(app: Celery, *, beat: bool = True) -> Iterator[WorkController]
     app.set_current()
     started = threading.Event()
 
-    class _Worker(WorkController):
+    class _Worker(WorkController):  # type: ignore[misc]  # Celery ships no types
         def on_consumer_ready(self, consumer: object) -> None:
             super().on_consumer_ready(consumer)
             started.set()

@@ -86,7 +86,7 @@ def wake() -> None:
         log.warning("wake.failed", exc_info=True)
 
 
-@app.task(name="mailer.tick", ignore_result=True)
+@app.task(name="mailer.tick", ignore_result=True)  # type: ignore[untyped-decorator]  # Celery ships no types
 def tick() -> int:
     """Plan what is due, then wake the workers if anything is there to send."""
     try:
@@ -98,7 +98,7 @@ def tick() -> int:
     return planned
 
 
-@app.task(name="mailer.deliver", ignore_result=True)
+@app.task(name="mailer.deliver", ignore_result=True)  # type: ignore[untyped-decorator]  # Celery ships no types
 def deliver() -> int:
     """Send everything due now; duplicate wake-ups find nothing left to claim and return."""
     try:

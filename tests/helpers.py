@@ -6,7 +6,9 @@ import re
 from datetime import datetime, timedelta
 from email.message import EmailMessage
 from email.utils import parsedate_to_datetime
+from functools import partial
 from pathlib import Path
+from typing import Protocol
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
@@ -15,9 +17,22 @@ from mailer.db import session_scope
 from mailer.models import Delivery, Subscriber
 from mailer.runtime import Runtime
 from mailer.subscribers import signup
+from mailer.subscribers.addresses import Refusal
+
+
+class Inbox(Protocol):
+    """Where the tests read what was sent: the aiosmtpd sink or a MemoryTransport."""
+
+    def to(self, address: str) -> list[EmailMessage]: ...
+
 
 TOKYO = ZoneInfo("Asia/Tokyo")
 CONFIRM_LINK = re.compile(r"https?://[^\s\"<>]+/confirm/([A-Za-z0-9_.\-]+)")
+
+
+def identity(moment: datetime) -> datetime:
+    """A clock stopped at `moment`, as partial(identity, moment)."""
+    return moment
 
 
 def at(text: str, zone: ZoneInfo = TOKYO) -> datetime:
@@ -37,7 +52,7 @@ def confirm_token(message: EmailMessage) -> str:
     return found.group(1)
 
 
-def subscribe(rt: Runtime, email: str, now: datetime, **fields: str) -> signup.Accepted | signup.Refusal:
+def subscribe(rt: Runtime, email: str, now: datetime, **fields: str) -> signup.Accepted | Refusal:
     with session_scope(rt.sessions) as session:
         return signup.subscribe(
             session, rt.site, rt.catalog(), signup.SignupRequest(email=email, **fields), now
@@ -51,11 +66,11 @@ def confirm(rt: Runtime, token: str, now: datetime) -> signup.Confirmed | None:
         return signup.confirm(session, rt.site, rt.catalog(), claim, now)
 
 
-def join(rt: Runtime, sink: object, email: str, now: datetime, **fields: str) -> int:
+def join(rt: Runtime, sink: Inbox, email: str, now: datetime, **fields: str) -> int:
     """Sign up, receive the confirmation, confirm at `now`, and receive the welcome; the id."""
     assert isinstance(subscribe(rt, email, now, **fields), signup.Accepted)
     rt.tick(lambda: now)
-    confirmation = [m for m in sink.to(email) if "/confirm/" in text_of(m)][-1]  # type: ignore[attr-defined]
+    confirmation = [m for m in sink.to(email) if "/confirm/" in text_of(m)][-1]
     assert confirm(rt, confirm_token(confirmation), now) is not None
     rt.tick(lambda: now)
     with session_scope(rt.sessions) as session:
@@ -71,18 +86,18 @@ def step_subjects(home: Path, sequence: str = "web-business") -> dict[str, str]:
     }
 
 
-def arrivals(sink: object, email: str, home: Path, zone: ZoneInfo = TOKYO) -> list[tuple[str, datetime]]:
+def arrivals(sink: Inbox, email: str, home: Path, zone: ZoneInfo = TOKYO) -> list[tuple[str, datetime]]:
     """(step, local time in the Date header) of every seminar mail `email` received, in order."""
     subjects = step_subjects(home)
     out = []
-    for message in sink.to(email):  # type: ignore[attr-defined]
+    for message in sink.to(email):
         step = subjects.get(str(message["Subject"]))
         if step:
             out.append((step, parsedate_to_datetime(str(message["Date"])).astimezone(zone)))
     return out
 
 
-def timetable(sink: object, email: str, home: Path, zone: ZoneInfo = TOKYO) -> list[tuple[str, str]]:
+def timetable(sink: Inbox, email: str, home: Path, zone: ZoneInfo = TOKYO) -> list[tuple[str, str]]:
     """(step, "MM-DD HH:MM" local) of each seminar mail `email` received: what the reader saw."""
     return [(step, when.strftime("%m-%d %H:%M")) for step, when in arrivals(sink, email, home, zone)]
 
@@ -105,7 +120,7 @@ def tick_through(
     """Run the scheduler as beat would, every `every` from `start` to `end` (simulated time)."""
     moment = start
     while moment <= end:
-        rt.tick(lambda m=moment: m)
+        rt.tick(partial(identity, moment))
         moment += every
 
 
@@ -117,9 +132,9 @@ def ledger_row(rt: Runtime, subscriber_id: int, step_id: str) -> Delivery:
         ).one()
 
 
-def seminar_mails(sink: object, email: str) -> list[EmailMessage]:
+def seminar_mails(sink: Inbox, email: str) -> list[EmailMessage]:
     """The list mails `email` received (those with List-Unsubscribe), not the confirmation."""
-    return [m for m in sink.to(email) if m["List-Unsubscribe"]]  # type: ignore[attr-defined]
+    return [m for m in sink.to(email) if m["List-Unsubscribe"]]
 
 
 def ledger(rt: Runtime, subscriber_id: int) -> dict[str | None, str]:

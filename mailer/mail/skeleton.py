@@ -31,7 +31,7 @@ class MailPolicy(EmailPolicy):
     def fold(self, name: str, value: str) -> str:
         if name.lower() in _URL_HEADERS:
             return f"{name}: " + ",\r\n ".join(part.strip() for part in value.split(",")) + "\r\n"
-        return super().fold(name, value)
+        return str(super().fold(name, value))
 
     def fold_binary(self, name: str, value: str) -> bytes:
         if name.lower() in _URL_HEADERS:

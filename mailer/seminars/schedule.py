@@ -101,5 +101,5 @@ def late_days(due_at: datetime, sent_at: datetime, zone: ZoneInfo) -> int:
 
 def retry_delay(attempt: int, base: timedelta, cap: timedelta, jitter: float) -> timedelta:
     """Exponential backoff with jitter in [0.5, 1.5) of the step; `jitter` in [0, 1) is passed in."""
-    step = min(cap, base * (2 ** min(max(0, attempt - 1), 32)))  # 2**32 minutes: past any cap
+    step = min(cap, base * (1 << min(max(0, attempt - 1), 32)))  # 2**32 minutes: past any cap
     return min(cap, step * (0.5 + jitter))

@@ -269,7 +269,7 @@ class Stack:
 def ledger_states(runtime: Runtime) -> dict[str, int]:
     with session_scope(runtime.sessions) as session:
         rows = session.execute(select(Delivery.state, func.count()).group_by(Delivery.state)).all()
-    return dict(rows)  # type: ignore[arg-type]
+    return {str(state): int(count) for state, count in rows}
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> float:

@@ -10,6 +10,7 @@ import itertools
 import threading
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -74,6 +75,10 @@ def settle(stack: Stack, expected: int, timeout: float = 180) -> float:
     return seconds
 
 
+def sent_at_least(stack: Stack, count: int) -> bool:
+    return len(stack.sink.received) >= count
+
+
 def report(title: str, **figures: object) -> None:
     print(f"\n[chaos] {title}: " + ", ".join(f"{k}={v}" for k, v in figures.items()))  # noqa: T201
 
@@ -121,7 +126,7 @@ def test_a_worker_killed_five_times_mid_send_loses_nothing(stack: Stack) -> None
     with running(stack):
         seed_readers(runtime, FAULT_READERS)
         for kill, name in zip(range(5), itertools.cycle(["worker0", "worker1", "worker2"]), strict=False):
-            wait_until(lambda k=kill: len(stack.sink.received) >= (k + 1) * total // 7, 120, "sending")
+            wait_until(partial(sent_at_least, stack, (kill + 1) * total // 7), 120, "sending")
             stack.kill(name)  # SIGKILL: no goodbye, its claimed rows wait for their lease
             stack.start(name, "worker")
         sent_at_last_kill = len(stack.sink.received)

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from tests.conftest import Sink
+from tests.helpers import text_of
 from tests.services import free_port
 
 pytestmark = pytest.mark.slow
@@ -55,7 +56,7 @@ def test_separate_processes_share_the_embedded_broker(home: Path, sink: Sink) ->
             == 200
         )
         [confirmation] = [r.message for r in sink.wait_for(1, timeout=20)]
-        link = re.search(r"/confirm/([A-Za-z0-9_.\-]+)", confirmation.get_body(("plain",)).get_content())
+        link = re.search(r"/confirm/([A-Za-z0-9_.\-]+)", text_of(confirmation))
         assert link
         assert httpx.get(f"http://127.0.0.1:{port}/confirm/{link.group(1)}", timeout=5).status_code == 200
         assert "ようこそ" in str(sink.wait_for(2, timeout=20)[1].message["Subject"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 from datetime import timedelta
+from email.message import EmailMessage
 from pathlib import Path
 
 import httpx
@@ -45,8 +46,8 @@ def sign_up_and_confirm(runtime: Runtime, live: str, sink: Sink, email: str, nam
     assert "登録が完了しました" in page.text
 
 
-def unsubscribe_url(message) -> str:  # type: ignore[no-untyped-def]
-    return re.findall(r"<(http[^>]+)>", str(message["List-Unsubscribe"]))[0]
+def unsubscribe_url(message: EmailMessage) -> str:
+    return str(re.findall(r"<(http[^>]+)>", str(message["List-Unsubscribe"]))[0])
 
 
 @pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
@@ -91,7 +92,9 @@ def test_the_whole_story(
         assert str(message["List-Id"]).endswith("<web-business.example.jp>")
         assert message["To"].addresses[0].display_name == "山田 花子"
         text = text_of(message)
-        html = message.get_body(("html",)).get_content()
+        html_part = message.get_body(("html",))
+        assert html_part is not None
+        html = html_part.get_content()
         for required in (
             "WEBビジネス研究室",
             "〒150-0001",

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 
 from mailer.deliver.jobs import Claimed
 from mailer.runtime import Runtime
 from tests.conftest import Sink
-from tests.helpers import at, join, ledger_row
+from tests.helpers import at, identity, join, ledger_row
 
 
 def test_an_exception_preparing_one_row_retries_that_row_alone(
@@ -52,7 +54,7 @@ def test_a_row_that_never_prepares_fails_after_its_attempts(runtime: Runtime, si
     deliverer.finishers = (always,)
     moment = at("2026-12-02 09:00")
     for _ in range(runtime.site.delivery.max_attempts):
-        deliverer.run(lambda m=moment: m)
+        deliverer.run(partial(identity, moment))
         moment = ledger_row(runtime, reader, "lesson-1").available_at
     row = ledger_row(runtime, reader, "lesson-1")
     assert (row.state, row.attempts) == ("failed", runtime.site.delivery.max_attempts)

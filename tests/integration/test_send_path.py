@@ -38,7 +38,7 @@ READERS = [
 
 
 def parsed(data: bytes) -> EmailMessage:
-    return email.message_from_bytes(data, policy=email.policy.default)  # type: ignore[return-value]
+    return email.message_from_bytes(data, policy=email.policy.default)
 
 
 def assert_same_mail(fast: bytes, slow: bytes) -> None:
@@ -192,7 +192,12 @@ def test_a_group_smtp_took_is_recorded_once_the_database_is_back(
     runtime.upgrade_db()
     ids = [join(runtime, sink, f"o{n}@example.com", at("2026-12-01 10:00")) for n in range(30)]
     runtime.plan(at("2026-12-02 09:00"))
-    restart = threading.Thread(target=lambda: (time.sleep(1.0), postgres.start()))
+
+    def restart_after_a_second() -> None:
+        time.sleep(1.0)
+        postgres.start()
+
+    restart = threading.Thread(target=restart_after_a_second)
 
     def stop_postgres(index: int, _recipient: str) -> None:
         # The 20th mail closes the first group (commit_every = 20): PostgreSQL stops while it is in

@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from contextlib import closing
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -22,7 +23,7 @@ from mailer.runtime import Runtime
 from mailer.send import Connection, transport_from_url
 from mailer.send.smtp import SMTPConnection, SMTPTransport
 from tests.conftest import Sink, SinkHandler
-from tests.helpers import at, join, ledger_row, seminar_mails
+from tests.helpers import at, identity, join, ledger_row, seminar_mails
 from tests.services import free_port
 
 MESSAGE = b"From: a@example.jp\r\nTo: b@example.com\r\nSubject: hi\r\n\r\nhello\r\n"
@@ -397,6 +398,6 @@ def test_a_5xx_fails_the_row_suppresses_the_address_and_is_never_retried(
         assert session.get(Subscriber, sid).state == "bounced"  # type: ignore[union-attr]
     sink.handler.rcpt_fault = lambda _rcpt: None
     for day in range(3, 16):
-        runtime.tick(lambda d=day: at(f"2026-12-{d:02d} 13:00"))
+        runtime.tick(partial(identity, at(f"2026-12-{day:02d} 13:00")))
     assert len(sink.to("gone@example.com")) == 2  # the confirmation and the welcome, before it bounced
     assert len(seminar_mails(sink, "fine@example.com")) == 7

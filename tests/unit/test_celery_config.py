@@ -33,5 +33,5 @@ def test_redis_is_configured_for_mail(home: Path) -> None:
 def test_the_embedded_broker_gets_no_redis_options(home: Path) -> None:
     """The sqla transport hands every option to create_engine(): none may leak there."""
     conf = configured(home, "")
-    assert conf["broker_url"].startswith("sqla+sqlite:///")  # type: ignore[union-attr]
+    assert str(conf["broker_url"]).startswith("sqla+sqlite:///")
     assert conf["broker_transport_options"] == {}

@@ -64,7 +64,8 @@ def settings_keys() -> dict[str, str]:
 
 
 def services() -> dict[str, dict[str, Any]]:
-    return load_compose()["services"]
+    found: dict[str, dict[str, Any]] = load_compose()["services"]
+    return found
 
 
 def default_of(value: str) -> str:
@@ -188,8 +189,8 @@ def test_env_example_used_as_dotenv_is_the_embedded_default(monkeypatch: pytest.
     for name in list(os.environ):
         if name.upper().startswith("MAILER_"):
             monkeypatch.delenv(name)
-    from_example = Settings(_env_file=ENV_EXAMPLE)
-    from_nothing = Settings(_env_file=None)
+    from_example = Settings(_env_file=ENV_EXAMPLE)  # type: ignore[call-arg]  # pydantic-settings' own keyword
+    from_nothing = Settings(_env_file=None)  # type: ignore[call-arg]
     assert from_example.model_dump() == from_nothing.model_dump()
 
 
@@ -227,12 +228,13 @@ def test_compose_command_parses_as_a_mailer_command(service: str) -> None:
     """Every option a service passes exists on its subcommand and takes the value given."""
     argv = compose_commands()[service]
     path, ctx = resolve(argv)
-    expected = {
+    shapes: dict[str, tuple[list[str], dict[str, object]]] = {
         "migrate": (["db", "upgrade"], {}),
         "web": (["web"], {"host": "0.0.0.0", "port": 8000, "workers": 2}),
         "worker": (["worker"], {"concurrency": 2}),
         "beat": (["beat"], {}),
-    }[service]
+    }
+    expected = shapes[service]
     assert (path, {k: ctx.params[k] for k in expected[1]}) == expected
 
 
