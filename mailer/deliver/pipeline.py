@@ -42,7 +42,7 @@ Finisher = Callable[[Claimed, bytes], bytes]
 
 
 class Deliverer:
-    def __init__(
+    def __init__(  # noqa: PLR0913 (the send path's parts, keyword-only, wired by Runtime.deliverer)
         self,
         *,
         session_factory: sessionmaker[Session],

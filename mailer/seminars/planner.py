@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from datetime import datetime
+from typing import NamedTuple
 
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -26,6 +27,16 @@ log = logging.getLogger(__name__)
 BATCH = 500  # cursors claimed and planned in one transaction
 
 
+class Due(NamedTuple):
+    """A cursor whose step is due: the step's ledger row is to be added."""
+
+    enrolment: Enrolment
+    subscriber: Subscriber
+    sequence: Sequence
+    step: Step
+    at: datetime
+
+
 def plan(
     session: Session,
     site: Site,
@@ -34,7 +45,7 @@ def plan(
     now: datetime,
 ) -> dict[int, int]:
     """Turn these due cursors into ledger rows, in one INSERT. The rows planned, by enrolment."""
-    due: list[tuple[Enrolment, Subscriber, Sequence, Step, datetime]] = []
+    due: list[Due] = []
     for enrolment, subscriber in readers:
         sequence = catalog.get(enrolment.sequence_id)
         if sequence is None or enrolment.state != "active" or subscriber.state != "confirmed":
@@ -47,47 +58,38 @@ def plan(
             if following is None or enrolment.next_due_at is None or enrolment.next_due_at > now:
                 continue
             step = following
-        due.append(
-            (enrolment, subscriber, sequence, step, cursor.due(site, subscriber, sequence, step, enrolment))
-        )
+        at = cursor.due(site, subscriber, sequence, step, enrolment)
+        due.append(Due(enrolment, subscriber, sequence, step, at))
         enrolment.next_due_at = None  # the step is in the ledger now: that row moves the cursor on
     added = ledger.add_steps(
         session,
         [
             ledger.step_row(
-                subscriber_id=subscriber.id,
-                enrolment_id=enrolment.id,
-                sequence_id=sequence.id,
-                step_id=step.id,
-                due=at,
+                subscriber_id=item.subscriber.id,
+                enrolment_id=item.enrolment.id,
+                sequence_id=item.sequence.id,
+                step_id=item.step.id,
+                due=item.at,
                 now=now,
             )
-            for enrolment, subscriber, sequence, step, at in due
+            for item in due
         ],
         now,
     )
     planned = {}
-    for enrolment, subscriber, sequence, step, at in due:
-        row_id = added.get(enrolment.id)
+    for item in due:
+        row_id = added.get(item.enrolment.id)
         if row_id is None:
-            row_id = _planned_before(session, site, subscriber, sequence, enrolment, step, at, now)
+            row_id = _planned_before(session, site, item, now)
         if row_id is not None:
-            planned[enrolment.id] = row_id
+            planned[item.enrolment.id] = row_id
     return planned
 
 
-def _planned_before(
-    session: Session,
-    site: Site,
-    subscriber: Subscriber,
-    sequence: Sequence,
-    enrolment: Enrolment,
-    step: Step,
-    due: datetime,
-    now: datetime,
-) -> int | None:
+def _planned_before(session: Session, site: Site, item: Due, now: datetime) -> int | None:
     """The ledger has this step for them already: skipped while they were away, it goes out again
     (they re-subscribed); sent, the cursor moves on; pending, it is on its way."""
+    subscriber, sequence, step = item.subscriber, item.sequence, item.step
     existing = session.scalars(
         select(Delivery).where(
             Delivery.subscriber_id == subscriber.id,
@@ -95,10 +97,10 @@ def _planned_before(
             Delivery.step_id == step.id,
         )
     ).one()
-    if ledger.revive(session, existing, due, now):
+    if ledger.revive(session, existing, item.at, now):
         return existing.id
     if existing.state == ledger.State.SENT:
-        cursor.point(session, site, subscriber, sequence, enrolment, sequence.step_after(step.position))
+        cursor.point(session, site, subscriber, sequence, item.enrolment, sequence.step_after(step.position))
     return None
 
 

@@ -299,7 +299,7 @@ def _lost(exc: _NotStartedError) -> DeliveryError:
 class SMTPTransport:
     """The relay, with a pool of sessions this process reuses from one task to the next."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 (keyword-only: the parts of MAILER_SMTP_URL)
         self,
         *,
         host: str,
