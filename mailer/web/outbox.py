@@ -5,7 +5,6 @@ from __future__ import annotations
 import email
 import email.policy
 import ipaddress
-from collections.abc import Callable
 from email.message import EmailMessage
 from typing import Any
 
@@ -13,6 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, Response
 
 from mailer.send.maildir import MaildirTransport
+from mailer.web.pages import Pages
 
 
 def is_local(host: str | None) -> bool:
@@ -36,19 +36,14 @@ def _summary(key: str, msg: EmailMessage) -> dict[str, Any]:
     }
 
 
-def mount(
-    app: FastAPI,
-    transport: MaildirTransport,
-    page: Callable[..., HTMLResponse],
-    t: Callable[..., str],
-) -> None:
+def mount(app: FastAPI, transport: MaildirTransport, pages: Pages) -> None:
     def local(request: Request) -> bool:
         return is_local(request.client.host if request.client else None)
 
     @app.get("/outbox", response_class=HTMLResponse)
     def outbox_list(request: Request) -> Response:
         if not local(request):
-            return page("message.html", 404, title=t("notfound.title"), body="")
+            return pages.message("notfound.title", "", 404)
         transport.box()  # creates the folders on a fresh install
         # A maildir message is a file in new/ or cur/; its key is the name before any ":2,flags".
         stamped = [
@@ -56,21 +51,21 @@ def mount(
         ]
         newest = sorted(stamped, key=lambda pair: pair[0], reverse=True)[:200]  # parse only what is shown
         items = [_summary(p.name.split(":")[0], _parse(p.read_bytes())) for _, p in newest]
-        return page("outbox.html", items=items)
+        return pages.page("outbox.html", items=items)
 
     @app.get("/outbox/{key}", response_class=HTMLResponse)
     def outbox_message(request: Request, key: str) -> Response:
         if not local(request):
-            return page("message.html", 404, title=t("notfound.title"), body="")
+            return pages.message("notfound.title", "", 404)
         box = transport.box()
         try:
             raw = box.get_bytes(key)
         except KeyError:
-            return page("message.html", 404, title=t("notfound.title"), body="")
+            return pages.message("notfound.title", "", 404)
         msg = _parse(raw)
         text_part = msg.get_body(("plain",))
         html_part = msg.get_body(("html",))
-        return page(
+        return pages.page(
             "outbox_message.html",
             subject=str(msg["Subject"] or ""),
             headers=[(name, str(value)) for name, value in msg.items()],

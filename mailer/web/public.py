@@ -1,0 +1,161 @@
+"""The reader's routes: the sign-up form, confirmation, unsubscribe, and health."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse, JSONResponse
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
+
+from mailer.db import session_scope
+from mailer.ratelimit import Bucket, LimiterUnavailableError, Rate
+from mailer.runtime import Runtime
+from mailer.subscribers import signup
+from mailer.subscribers.addresses import Refusal
+from mailer.web.pages import Pages
+
+log = logging.getLogger(__name__)
+
+
+class Reader:
+    """The handlers behind the reader's pages."""
+
+    def __init__(self, runtime: Runtime, pages: Pages, broker_ok: Callable[[], bool]) -> None:
+        self.runtime = runtime
+        self.site = site = runtime.site
+        self.pages = pages
+        self.t = pages.t
+        self.broker_ok = broker_ok
+        # The consent record names the exact form text the reader saw.
+        form_source = (runtime.settings.home / "templates" / "pages" / "subscribe.html").read_bytes()
+        self.form_version = hashlib.sha256(form_source).hexdigest()[:16]
+        self.signup_rate = Rate(site.signup.per_client_per_hour, timedelta(hours=1))
+        separator = "、" if site.locale == "ja" else ", "
+        self.blocked_names = separator.join(b.provider for b in site.signup.blocked)
+
+    def form(self, status: int = 200, error: str = "", **values: str) -> HTMLResponse:
+        return self.pages.page(
+            "subscribe.html",
+            status,
+            error=error,
+            values=values,
+            blocked_names=self.blocked_names,
+            sequence=self.runtime.catalog().get(values.get("sequence") or self.site.default_sequence),
+        )
+
+    def invalid(self, status: int) -> HTMLResponse:
+        return self.pages.message("invalid.title", self.t("invalid.body"), status)
+
+    def allowed(self, client: str) -> bool:
+        """Sign-ups per client address, counted across every web process (Redis)."""
+        key = "signup:" + hashlib.sha256(client.encode()).hexdigest()[:24]  # no IP kept in Redis
+        try:
+            bucket = Bucket(key, self.signup_rate, burst=self.signup_rate.count)
+            return self.runtime.limiter.take([bucket]) == 0
+        except LimiterUnavailableError:
+            log.warning("ratelimit.unavailable")
+            return True  # the per-address confirmation limit in the database still holds
+
+    def subscribe_form(self, sequence: str = "") -> HTMLResponse:
+        return self.form(sequence=sequence)
+
+    def subscribe(
+        self,
+        request: Request,
+        email: Annotated[str, Form()] = "",
+        name: Annotated[str, Form()] = "",
+        sequence: Annotated[str, Form()] = "",
+        timezone: Annotated[str, Form()] = "",
+    ) -> HTMLResponse:
+        values = {"email": email, "name": name, "sequence": sequence, "timezone": timezone}
+        client = request.client.host if request.client else "unknown"
+        if not self.allowed(client):
+            return self.form(429, self.t("error.rate"), **values)
+        req = signup.SignupRequest(
+            email=email,
+            name=name,
+            sequence=sequence,
+            timezone=timezone,
+            client_ip=client,
+            form_version=self.form_version,
+        )
+        try:
+            outcome = self.record(req)
+        except IntegrityError:
+            # The same new address signed up twice at once: the other request created the row;
+            # this one now finds it and answers like any second sign-up.
+            outcome = self.record(req)
+        if isinstance(outcome, Refusal):
+            return self.form(422, self.t(f"error.{outcome.reason}", provider=outcome.provider), **values)
+        if outcome.confirmation_id is not None:
+            self.runtime.wake()
+        t = self.t
+        return self.pages.page(
+            "message.html", title=t("thanks.title"), body=t("thanks.body"), hint=t("thanks.hint")
+        )
+
+    def record(self, req: signup.SignupRequest) -> signup.Accepted | Refusal:
+        with session_scope(self.runtime.sessions) as session:
+            return signup.subscribe(session, self.site, self.runtime.catalog(), req, self.runtime.clock())
+
+    def confirm(self, token: str) -> HTMLResponse:
+        claim = self.runtime.tokens.read_confirm(token, self.site.signup.confirm_days * 86400)
+        if claim is None:
+            return self.invalid(400)
+        with session_scope(self.runtime.sessions) as session:
+            outcome = signup.confirm(session, self.site, self.runtime.catalog(), claim, self.runtime.clock())
+        if outcome is None:
+            return self.invalid(410)
+        self.runtime.wake()
+        return self.pages.message("confirmed.title", self.t("confirmed.body", title=outcome.sequence.title))
+
+    def unsubscribe_page(self, token: str) -> HTMLResponse:
+        # Link scanners fetch GET links: this page changes nothing, it only offers the button.
+        if self.runtime.tokens.read_unsubscribe(token) is None:
+            return self.invalid(400)
+        return self.pages.page("unsubscribe.html", token=token)
+
+    def unsubscribe(self, token: str) -> HTMLResponse:
+        # RFC 8058 one-click: the mail client POSTs `List-Unsubscribe=One-Click` with no cookie and
+        # follows no redirect; the page's own button posts the same. Either way: done at once.
+        claim = self.runtime.tokens.read_unsubscribe(token)
+        if claim is None:
+            return self.invalid(400)
+        with session_scope(self.runtime.sessions) as session:
+            found = signup.unsubscribe(session, claim, self.runtime.clock())
+        if not found:
+            return self.invalid(404)
+        return self.pages.message("unsubscribed.title", self.t("unsubscribed.body"))
+
+    def healthz(self) -> JSONResponse:
+        checks = {"database": "ok", "broker": "ok" if self.broker_ok() else "down"}
+        try:
+            with self.runtime.engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+        except Exception:
+            checks["database"] = "down"
+        healthy = all(value == "ok" for value in checks.values())
+        return JSONResponse(
+            {"status": "ok" if healthy else "unavailable", **checks},
+            status_code=200 if healthy else 503,
+        )
+
+
+def router(runtime: Runtime, pages: Pages, broker_ok: Callable[[], bool]) -> APIRouter:
+    """The reader's routes, as DESIGN.md's HTTP table lists them."""
+    reader = Reader(runtime, pages, broker_ok)
+    routes = APIRouter(default_response_class=HTMLResponse)
+    routes.add_api_route("/", reader.subscribe_form, methods=["GET"])
+    routes.add_api_route("/subscribe", reader.subscribe_form, methods=["GET"])
+    routes.add_api_route("/subscribe", reader.subscribe, methods=["POST"])
+    routes.add_api_route("/confirm/{token}", reader.confirm, methods=["GET"])
+    routes.add_api_route("/unsubscribe/{token}", reader.unsubscribe_page, methods=["GET"])
+    routes.add_api_route("/unsubscribe/{token}", reader.unsubscribe, methods=["POST"])
+    routes.add_api_route("/healthz", reader.healthz, methods=["GET"], response_class=JSONResponse)
+    return routes
