@@ -1,4 +1,4 @@
-"""The web app's factory: page templates, middleware, routers and error pages.
+"""The web app's factory: page templates, middleware, routers and the error translator.
 
 Routes: `public` (`/`, `/subscribe`, `/confirm/…`, `/unsubscribe/…`, `/healthz`), `outbox` (`/outbox`,
 on the maildir transport only).
@@ -6,22 +6,18 @@ on the maildir transport only).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mailer.i18n import translator
 from mailer.runtime import Runtime
 from mailer.send.maildir import MaildirTransport
-from mailer.web import outbox, public
+from mailer.web import errors, outbox, public
 from mailer.web.pages import Pages
-
-log = logging.getLogger(__name__)
 
 
 def create_app(runtime: Runtime, *, broker_ok: Callable[[], bool] = lambda: True) -> FastAPI:
@@ -36,6 +32,8 @@ def create_app(runtime: Runtime, *, broker_ok: Callable[[], bool] = lambda: True
     pages = Pages(environment, t)
 
     app = FastAPI(title="mailer", docs_url=None, redoc_url=None, openapi_url=None)
+    # Installed before the headers below, so its middleware sits inside them: a 500 page gets them too.
+    errors.install(app, pages)
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next: Callable[[Request], Any]) -> Response:
@@ -45,15 +43,6 @@ def create_app(runtime: Runtime, *, broker_ok: Callable[[], bool] = lambda: True
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["X-Frame-Options"] = "DENY"
         return response
-
-    @app.exception_handler(StarletteHTTPException)
-    def http_error(_request: Request, exc: StarletteHTTPException) -> Response:
-        return pages.message("notfound.title", "", exc.status_code)
-
-    @app.exception_handler(Exception)
-    def unexpected(_request: Request, exc: Exception) -> Response:
-        log.error("web.error type=%s", type(exc).__name__)
-        return pages.message("invalid.title", "", 500)
 
     app.include_router(public.router(runtime, pages, broker_ok))
     transport = runtime.transport
