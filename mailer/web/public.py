@@ -13,7 +13,6 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
-from mailer.db import session_scope
 from mailer.ratelimit import Bucket, LimiterUnavailableError, Rate
 from mailer.runtime import Runtime
 from mailer.subscribers import signup
@@ -24,7 +23,8 @@ log = logging.getLogger(__name__)
 
 
 class Reader:
-    """The handlers behind the reader's pages."""
+    """The handlers behind the reader's pages; each request's writes are one `Runtime.transaction`,
+    which wakes a worker after the commit when mail is due at once."""
 
     def __init__(self, runtime: Runtime, pages: Pages, broker_ok: Callable[[], bool]) -> None:
         self.runtime = runtime
@@ -93,26 +93,23 @@ class Reader:
             outcome = self.record(req)
         if isinstance(outcome, Refusal):
             return self.form(422, self.t(f"error.{outcome.reason}", provider=outcome.provider), **values)
-        if outcome.confirmation_id is not None:
-            self.runtime.wake()
         t = self.t
         return self.pages.page(
             "message.html", title=t("thanks.title"), body=t("thanks.body"), hint=t("thanks.hint")
         )
 
     def record(self, req: signup.SignupRequest) -> signup.Accepted | Refusal:
-        with session_scope(self.runtime.sessions) as session:
+        with self.runtime.transaction() as session:
             return signup.subscribe(session, self.site, self.runtime.catalog(), req, self.runtime.clock())
 
     def confirm(self, token: str) -> HTMLResponse:
         claim = self.runtime.tokens.read_confirm(token, self.site.signup.confirm_days * 86400)
         if claim is None:
             return self.invalid(400)
-        with session_scope(self.runtime.sessions) as session:
+        with self.runtime.transaction() as session:
             outcome = signup.confirm(session, self.site, self.runtime.catalog(), claim, self.runtime.clock())
         if outcome is None:
             return self.invalid(410)
-        self.runtime.wake()
         return self.pages.message("confirmed.title", self.t("confirmed.body", title=outcome.sequence.title))
 
     def unsubscribe_page(self, token: str) -> HTMLResponse:
@@ -127,7 +124,7 @@ class Reader:
         claim = self.runtime.tokens.read_unsubscribe(token)
         if claim is None:
             return self.invalid(400)
-        with session_scope(self.runtime.sessions) as session:
+        with self.runtime.transaction() as session:
             found = signup.unsubscribe(session, claim, self.runtime.clock())
         if not found:
             return self.invalid(404)

@@ -124,6 +124,28 @@ def test_sign_up_records_consent_and_sends_the_confirmation(runtime: Runtime, li
     assert consent.form_version
 
 
+def test_sign_up_wakes_a_worker_once_after_commit_and_only_when_mail_is_queued(
+    runtime: Runtime, live: str, sink: Sink
+) -> None:
+    """A sign-up wakes a worker once, after its confirmation is committed; one that queues nothing does not."""
+    woken: list[list[str]] = []
+
+    def wake() -> None:  # what a worker woken now would find in the ledger
+        with session_scope(runtime.sessions) as session:
+            woken.append(sorted(session.scalars(select(Delivery.kind))))
+
+    runtime.wake = wake
+    assert post(live, email="wake@example.com").status_code == 200
+    assert woken == [["confirm"]]
+    runtime.tick(runtime.clock)
+    token = confirm_token(sink.to("wake@example.com")[-1])
+    assert httpx.get(f"{live}/confirm/{token}", timeout=10).status_code == 200
+    assert len(woken) == 2  # the welcome is due at once
+    assert "step" in woken[1]
+    assert post(live, email="wake@example.com").status_code == 200  # confirmed: nothing to send
+    assert len(woken) == 2
+
+
 def test_unknown_time_zone_is_ignored(runtime: Runtime, live: str) -> None:
     """A time zone the browser made up is dropped; the seminar's zone applies."""
     assert post(live, email="tz@example.com", timezone="Mars/Olympus").status_code == 200
