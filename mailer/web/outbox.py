@@ -24,7 +24,7 @@ def is_local(host: str | None) -> bool:
 
 
 def _parse(raw: bytes) -> EmailMessage:
-    return email.message_from_bytes(raw, policy=email.policy.default)  # type: ignore[return-value]
+    return email.message_from_bytes(raw, policy=email.policy.default)
 
 
 def _summary(key: str, msg: EmailMessage) -> dict[str, Any]:

@@ -245,7 +245,7 @@ def _joined(runtime: Runtime, live: str, sink: Sink, email: str) -> str:
     httpx.get(f"{live}/confirm/{token}", timeout=10)
     runtime.tick(runtime.clock)
     welcome = seminar_mails(sink, email)[-1]
-    return re.findall(r"<(http[^>]+)>", str(welcome["List-Unsubscribe"]))[0]
+    return str(re.findall(r"<(http[^>]+)>", str(welcome["List-Unsubscribe"]))[0])
 
 
 def test_unsubscribe_page_changes_nothing(runtime: Runtime, live: str, sink: Sink) -> None:
