@@ -42,32 +42,10 @@ class SMTPConnection:
         # now, so a session left so (its sender stopped midway) is closed without a word.
         self.in_data = False
 
-    def _open(self) -> smtplib.SMTP:
-        t = self.t
-        context = ssl.create_default_context(cafile=t.cafile)
-        client: smtplib.SMTP | None = None
-        try:
-            if t.ssl:
-                client = smtplib.SMTP_SSL(t.host, t.port, timeout=t.timeout, context=context)
-            else:
-                client = smtplib.SMTP(t.host, t.port, timeout=t.timeout)
-            client.ehlo()
-            if t.starttls:
-                client.starttls(context=context)
-                client.ehlo()
-            if t.username:
-                client.login(t.username, t.password or "")
-        except BaseException:
-            if client is not None:
-                with suppress(OSError, smtplib.SMTPException):
-                    client.close()
-            raise
-        return client
-
     def _connect(self) -> smtplib.SMTP:
         t = self.t
         try:
-            return self._open()
+            return t.open_client()
         except smtplib.SMTPAuthenticationError as exc:
             raise TransientDeliveryError(f"smtp: login refused: {exc.smtp_code}", exc.smtp_code) from exc
         except smtplib.SMTPResponseException as exc:
@@ -321,6 +299,28 @@ class SMTPTransport:
         self.cafile = cafile
         self._idle: list[SMTPConnection] = []
         self._lock = threading.Lock()
+
+    def open_client(self) -> smtplib.SMTP:
+        """A new client session: connected, TLS as configured, logged in; closed if any of it fails."""
+        context = ssl.create_default_context(cafile=self.cafile)
+        client: smtplib.SMTP | None = None
+        try:
+            if self.ssl:
+                client = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout, context=context)
+            else:
+                client = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+            client.ehlo()
+            if self.starttls:
+                client.starttls(context=context)
+                client.ehlo()
+            if self.username:
+                client.login(self.username, self.password or "")
+        except BaseException:
+            if client is not None:
+                with suppress(OSError, smtplib.SMTPException):
+                    client.close()
+            raise
+        return client
 
     @contextmanager
     def session(self) -> Iterator[SMTPConnection]:
