@@ -28,39 +28,48 @@ def stats(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] =
 
 
 def _print_tables(data: dict[str, Any]) -> None:
+    _table("Subscribers", ("state", "count"), [(s, str(n)) for s, n in sorted(data["subscribers"].items())])
+    _table(
+        "Readers by seminar and next step",
+        ("sequence", "state", "next step", "count"),
+        [
+            (r["sequence"], r["state"], r["next_step"] or "(none for now)", str(r["count"]))
+            for r in data["enrolments"]
+        ],
+    )
+    _table(
+        "Deliveries",
+        ("kind", "sequence", "step", "state", "count"),
+        [
+            (r["kind"], r["sequence"] or "", r["step"] or "", r["state"], str(r["count"]))
+            for r in data["deliveries"]
+        ],
+    )
+    _table(
+        "Unsubscribes by the mail they left from",
+        ("kind", "sequence", "step", "count"),
+        [
+            (r["kind"] or "(no mail)", r["sequence"] or "", r["step"] or "", str(r["count"]))
+            for r in data["unsubscribes"]
+        ],
+    )
+    _table(
+        "Failed delivery attempts, last 7 days",
+        ("code", "outcome", "count", "last", "a reply"),
+        [
+            (str(r["code"] or "-"), r["outcome"], str(r["count"]), r["last_at"][:16], r["reply"][:60])
+            for r in data["failed_attempts"]
+        ],
+    )
+
+
+def _table(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    """One table on the terminal; counts are right-aligned."""
     from rich.table import Table
 
-    table = Table(title="Subscribers")
-    table.add_column("state")
-    table.add_column("count", justify="right")
-    for state, count in sorted(data["subscribers"].items()):
-        table.add_row(state, str(count))
-    out.print(table)
-    table = Table(title="Readers by seminar and next step")
-    for column in ("sequence", "state", "next step"):
-        table.add_column(column)
-    table.add_column("count", justify="right")
-    for row in data["enrolments"]:
-        table.add_row(row["sequence"], row["state"], row["next_step"] or "(none for now)", str(row["count"]))
-    out.print(table)
-    table = Table(title="Deliveries")
-    for column in ("kind", "sequence", "step", "state"):
-        table.add_column(column)
-    table.add_column("count", justify="right")
-    for row in data["deliveries"]:
-        table.add_row(row["kind"], row["sequence"] or "", row["step"] or "", row["state"], str(row["count"]))
-    out.print(table)
-    table = Table(title="Unsubscribes by the mail they left from")
-    for column in ("kind", "sequence", "step"):
-        table.add_column(column)
-    table.add_column("count", justify="right")
-    for row in data["unsubscribes"]:
-        table.add_row(row["kind"] or "(no mail)", row["sequence"] or "", row["step"] or "", str(row["count"]))
-    out.print(table)
-    table = Table(title="Failed delivery attempts, last 7 days")
-    for column in ("code", "outcome", "count", "last", "a reply"):
+    table = Table(title=title)
+    for column in columns:
         table.add_column(column, justify="right" if column == "count" else "left")
-    for row in data["failed_attempts"]:
-        code = str(row["code"] or "-")
-        table.add_row(code, row["outcome"], str(row["count"]), row["last_at"][:16], row["reply"][:60])
+    for row in rows:
+        table.add_row(*row)
     out.print(table)
