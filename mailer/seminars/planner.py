@@ -60,7 +60,8 @@ def plan(
             step = following
         at = cursor.due(site, subscriber, sequence, step, enrolment)
         due.append(Due(enrolment, subscriber, sequence, step, at))
-        enrolment.next_due_at = None  # the step is in the ledger now: that row moves the cursor on
+        if enrolment.next_due_at is not None:  # the tick's claim cleared it already: no ORM flush
+            enrolment.next_due_at = None  # the step is in the ledger now: that row moves the cursor on
     added = ledger.add_steps(
         session,
         [
