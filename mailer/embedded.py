@@ -41,7 +41,9 @@ def worker_thread(app: Celery, *, beat: bool = True) -> Iterator[WorkController]
     thread.start()
     if not started.wait(30):
         raise RuntimeError("the embedded worker did not start within 30 s")
-    service = EmbeddedService(app, thread=True) if beat else None
+    # Celery's Service defaults to the PersistentScheduler whatever beat_scheduler says: name it, or
+    # a celerybeat-schedule file appears in the working folder.
+    service = EmbeddedService(app, thread=True, scheduler_cls=app.conf.beat_scheduler) if beat else None
     if service is not None:
         service.start()
     try:

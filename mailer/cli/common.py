@@ -11,8 +11,10 @@ from rich.markup import escape
 if TYPE_CHECKING:
     from mailer.runtime import Runtime
 
-out = Console()
-err = Console(stderr=True)
+# soft_wrap: a line is never broken at the terminal's (or, piped, rich's 80-column) width, so an
+# error line names its file whole and `preview` shows the mail as the reader gets it.
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 def fail(message: str) -> NoReturn:

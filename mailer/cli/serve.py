@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from mailer.cli.common import load_runtime, out
+from mailer.cli.common import fail, load_runtime, out
 
 if TYPE_CHECKING:
     from mailer.runtime import Runtime
@@ -63,11 +63,23 @@ def _prepare(runtime: Runtime) -> None:
     _ = runtime.site
 
 
+def _port_free(host: str, port: int) -> None:
+    """Fail at once when the port is taken, before a worker starts and a tick sends anything."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        socket.create_server((host, port), family=family).close()
+    except OSError as exc:
+        fail(f"cannot listen on {host}:{port}: {exc.strerror} (another mailer running? try --port)")
+
+
 def run(host: HostOption = "127.0.0.1", port: PortOption = 8000) -> None:
     """The whole thing on one machine: web, worker and scheduler (Ctrl-C stops all)."""
     from mailer import tasks
     from mailer.embedded import worker_thread
 
+    _port_free(host, port)
     runtime = _serving_runtime(host, port)
     _prepare(runtime)
     celery = tasks.configure(runtime)
@@ -88,6 +100,7 @@ def web(
     workers: Annotated[int, typer.Option(min=1, help="Processes serving requests.")] = 1,
 ) -> None:
     """The web process alone (production: several workers, behind a proxy)."""
+    _port_free(host, port)
     runtime = _serving_runtime(host, port)
     _prepare(runtime)
     _serve(runtime, host, port, workers)

@@ -1,0 +1,101 @@
+"""What a newcomer hit at the command line: a taken port, files left behind, output cut at 80."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import SECRET
+from tests.services import free_port
+
+
+def run_mailer(home: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """`mailer ARGS` as a shell pipes it: no terminal, no COLUMNS, the site in `home`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_") and k != "COLUMNS"}
+    env |= {"MAILER_SECRET_KEY": SECRET, "NO_COLOR": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "mailer", *args],
+        cwd=home,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def test_mailer_run_on_a_taken_port_fails_before_anything_starts(home: Path) -> None:
+    """`mailer run` on a port in use says so in one line and exits 1 before a worker or a tick runs."""
+    port = free_port()
+    with socket.create_server(("127.0.0.1", port)):
+        started = time.monotonic()
+        result = run_mailer(home, "run", "--port", str(port))
+    assert result.returncode == 1
+    assert time.monotonic() - started < 15
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in lines[0]
+    assert "Traceback" not in result.stderr + result.stdout
+    assert not (home / "mailer.db").exists(), "the database was touched before the port was checked"
+
+
+def test_mailer_run_leaves_no_schedule_file_behind(home: Path) -> None:
+    """The embedded scheduler keeps its schedule in memory: no celerybeat-schedule file appears."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")} | {"MAILER_SECRET_KEY": SECRET}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mailer", "run", "--port", str(port)],
+        cwd=home,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not _healthy(port):
+            assert proc.poll() is None, "mailer run stopped"
+            assert time.monotonic() < deadline, "mailer run did not start"
+            time.sleep(0.2)
+        time.sleep(2)  # beat has ticked by now (every 5 s, the first at start)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    assert (home / "mailer.db").exists(), "it did not run: the check would prove nothing"
+    assert sorted(p.name for p in home.glob("celerybeat-schedule*")) == []
+
+
+def _healthy(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def test_piped_output_keeps_each_line_whole(home: Path) -> None:
+    """Piped, `sequences check` prints each error on one line, however long, and `preview` keeps
+    the footer's lines as the reader gets them."""
+    step = home / "templates" / "mail" / "web-business" / "lesson-1" / "body.txt"
+    step.write_text(
+        "{{ a_variable_name_long_enough_to_push_the_line_past_eighty_columns }}", encoding="utf-8"
+    )
+    result = run_mailer(home, "sequences", "check")
+    assert result.returncode == 1
+    [line] = [line for line in result.stderr.splitlines() if "lesson-1" in line]
+    assert len(line) > 80
+    assert "a_variable_name_long_enough_to_push_the_line_past_eighty_columns" in line
+
+    preview = run_mailer(home, "sequences", "preview", "web-business", "welcome")
+    assert preview.returncode == 0, preview.stderr
+    disclaimer = tomllib.loads((home / "mailer.toml").read_text(encoding="utf-8"))["sender"]["disclaimer"]
+    assert len(disclaimer) * 2 > 80, "the disclaimer fits in 80 columns: the check would prove nothing"
+    assert f"※{disclaimer}" in preview.stdout.splitlines()
+    [link] = [line for line in preview.stdout.splitlines() if "/unsubscribe/" in line]
+    assert link.split("/unsubscribe/")[1].strip(), "the unsubscribe link was cut from its token"
