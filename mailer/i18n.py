@@ -28,11 +28,22 @@ MESSAGES: dict[str, dict[str, str]] = {
         "thanks.title": "確認メールをお送りしました",
         "thanks.body": (
             "ご登録ありがとうございます。入力されたアドレスに確認メールをお送りしました。"
-            "メール内のリンクをクリックすると登録が完了します。"
+            "メール内のリンクを開き、表示されるボタンを押すと登録が完了します。"
         ),
         "thanks.hint": "数分たっても届かない場合は、迷惑メールフォルダもご確認ください。",
+        "confirm.title": "登録の確認",
+        "confirm.body": "下のボタンを押すと、「{title}」への登録が完了します。",
+        "confirm.button": "登録を完了する",
+        "confirm.hint": (
+            "お心当たりがない場合は、このページを閉じてください。登録は完了せず、メールも届きません。"
+        ),
         "confirmed.title": "登録が完了しました",
         "confirmed.body": "「{title}」へのご登録が完了しました。まもなく最初のメールが届きます。",
+        "already_confirmed.title": "登録は完了しています",
+        "already_confirmed.body": (
+            "このメールアドレスは「{title}」に登録済みです。もう一度お手続きいただく必要はありません。"
+        ),
+        "already_confirmed.body_untitled": "このメールアドレスの登録はすでに完了しています。",
         "invalid.title": "このリンクは使えません",
         "invalid.body": (
             "リンクの有効期限が切れているか、すでに使われているか、正しくありません。"
@@ -83,11 +94,20 @@ MESSAGES: dict[str, dict[str, str]] = {
         "thanks.title": "Please check your inbox",
         "thanks.body": (
             "Thank you. We have sent a confirmation mail to the address you entered; "
-            "click the link in it to complete your sign-up."
+            "open the link in it and press the button on that page to complete your sign-up."
         ),
         "thanks.hint": "If nothing arrives within a few minutes, look in your spam folder.",
+        "confirm.title": "Confirm your sign-up",
+        "confirm.body": "Press the button to complete your sign-up to “{title}”.",
+        "confirm.button": "Complete my sign-up",
+        "confirm.hint": "If you did not sign up, just close this page: you will not be signed up.",
         "confirmed.title": "You are signed up",
         "confirmed.body": "You have joined “{title}”. The first mail is on its way.",
+        "already_confirmed.title": "You are already subscribed",
+        "already_confirmed.body": (
+            "This address is already signed up to “{title}”; there is nothing more to do."
+        ),
+        "already_confirmed.body_untitled": "This address has already been confirmed.",
         "invalid.title": "This link cannot be used",
         "invalid.body": (
             "The link has expired, has already been used, or is not valid. "

@@ -59,7 +59,7 @@ def subscribe(rt: Runtime, email: str, now: datetime, **fields: str) -> signup.A
         )
 
 
-def confirm(rt: Runtime, token: str, now: datetime) -> signup.Confirmed | None:
+def confirm(rt: Runtime, token: str, now: datetime) -> signup.Confirmed | signup.AlreadyConfirmed | None:
     claim = rt.tokens.read_confirm(token, 7 * 86400)
     assert claim is not None
     with session_scope(rt.sessions) as session:
@@ -71,7 +71,7 @@ def join(rt: Runtime, sink: Inbox, email: str, now: datetime, **fields: str) -> 
     assert isinstance(subscribe(rt, email, now, **fields), signup.Accepted)
     rt.tick(lambda: now)
     confirmation = [m for m in sink.to(email) if "/confirm/" in text_of(m)][-1]
-    assert confirm(rt, confirm_token(confirmation), now) is not None
+    assert isinstance(confirm(rt, confirm_token(confirmation), now), signup.Confirmed)
     rt.tick(lambda: now)
     with session_scope(rt.sessions) as session:
         return session.scalars(select(Subscriber.id).where(Subscriber.email == email)).one()

@@ -143,17 +143,65 @@ class Confirmed:
     delivery_id: int | None  # the welcome, planned at once when it is due at entry
 
 
-def confirm(
-    session: Session, site: Site, catalog: Catalog, claim: ConfirmClaim, now: datetime
-) -> Confirmed | None:
-    """Confirm the address and enter the seminar; None for a token already used or unknown."""
-    enrolment = session.get(Enrolment, claim.enrolment_id)
-    if enrolment is None or enrolment.confirm_nonce is None or enrolment.confirm_nonce != claim.nonce:
+@dataclass(frozen=True)
+class AlreadyConfirmed:
+    """The link was used before, and its reader is confirmed and reading that seminar."""
+
+    sequence: Sequence | None  # None when the seminar's file has gone since
+
+
+@dataclass(frozen=True)
+class Awaiting:
+    """A link that would confirm: the seminar the page with the button names."""
+
+    sequence: Sequence
+
+
+def _open(
+    session: Session, catalog: Catalog, claim: ConfirmClaim, *, lock: bool = False
+) -> tuple[Enrolment, Subscriber, Sequence] | AlreadyConfirmed | None:
+    """What a signed claim stands for now. None: unknown, replaced (a later sign-up after leaving
+    made a new nonce) or stopped; every answer here is for a token this site signed."""
+    enrolment = session.get(Enrolment, claim.enrolment_id, with_for_update=lock)
+    if enrolment is None:
+        return None
+    subscriber = session.get(Subscriber, enrolment.subscriber_id)
+    if subscriber is None:
         return None
     sequence = catalog.get(enrolment.sequence_id)
-    subscriber = session.get(Subscriber, enrolment.subscriber_id)
-    if sequence is None or subscriber is None:
+    if enrolment.confirm_nonce is None:
+        # Using a link clears its nonce, and so does leaving (`cursor.stop_all`): a cleared one
+        # whose reader is confirmed and reading the seminar was used by that reader.
+        if enrolment.state == "active" and subscriber.state == "confirmed":
+            return AlreadyConfirmed(sequence)
         return None
+    if enrolment.confirm_nonce != claim.nonce or sequence is None:
+        return None
+    return enrolment, subscriber, sequence
+
+
+def check_confirm(
+    session: Session, catalog: Catalog, claim: ConfirmClaim
+) -> Awaiting | AlreadyConfirmed | None:
+    """What confirming would do, changing nothing: link scanners fetch every link in a mail, and
+    their GET must not make an opt-in nobody gave."""
+    found = _open(session, catalog, claim)
+    if isinstance(found, tuple):
+        return Awaiting(found[2])
+    return found
+
+
+def confirm(
+    session: Session, site: Site, catalog: Catalog, claim: ConfirmClaim, now: datetime
+) -> Confirmed | AlreadyConfirmed | None:
+    """Confirm the address and enter the seminar; AlreadyConfirmed for a link its reader used
+    before; None for one unknown or no longer usable."""
+    # FOR UPDATE: a double click posts twice at once; the second waits for the first to commit
+    # and finds the link used (on SQLite, BEGIN IMMEDIATE already serialises the two).
+    found = _open(session, catalog, claim, lock=True)
+    if not isinstance(found, tuple):
+        return found
+    enrolment, subscriber, sequence = found
     if subscriber.state != "confirmed":
         subscriber.state = "confirmed"
         subscriber.confirmed_at = now

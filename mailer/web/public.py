@@ -17,6 +17,7 @@ from mailer.ratelimit import Bucket, LimiterUnavailableError, Rate
 from mailer.runtime import Runtime
 from mailer.subscribers import signup
 from mailer.subscribers.addresses import Refusal
+from mailer.subscribers.tokens import ConfirmClaim
 from mailer.web.pages import Pages
 
 log = logging.getLogger(__name__)
@@ -102,15 +103,42 @@ class Reader:
         with self.runtime.transaction() as session:
             return signup.subscribe(session, self.site, self.runtime.catalog(), req, self.runtime.clock())
 
+    def confirm_claim(self, token: str) -> ConfirmClaim | None:
+        return self.runtime.tokens.read_confirm(token, self.site.signup.confirm_days * 86400)
+
+    def confirm_page(self, token: str) -> HTMLResponse:
+        # Link scanners (Safe Links and the like) fetch every link in a mail: this page only
+        # reads, and offers the button that confirms.
+        claim = self.confirm_claim(token)
+        if claim is None:  # forged or expired: refused before any lookup
+            return self.invalid(400)
+        with self.runtime.transaction() as session:
+            found = signup.check_confirm(session, self.runtime.catalog(), claim)
+        if isinstance(found, signup.AlreadyConfirmed):
+            return self.already_confirmed(found)
+        if found is None:
+            return self.invalid(410)
+        return self.pages.page("confirm.html", token=token, sequence=found.sequence)
+
     def confirm(self, token: str) -> HTMLResponse:
-        claim = self.runtime.tokens.read_confirm(token, self.site.signup.confirm_days * 86400)
+        # The page's button posts here with no cookie and no CSRF token: the signed token in the
+        # URL is the secret, and it must work in a mail client's own browser.
+        claim = self.confirm_claim(token)
         if claim is None:
             return self.invalid(400)
         with self.runtime.transaction() as session:
             outcome = signup.confirm(session, self.site, self.runtime.catalog(), claim, self.runtime.clock())
+        if isinstance(outcome, signup.AlreadyConfirmed):
+            return self.already_confirmed(outcome)
         if outcome is None:
             return self.invalid(410)
         return self.pages.message("confirmed.title", self.t("confirmed.body", title=outcome.sequence.title))
+
+    def already_confirmed(self, outcome: signup.AlreadyConfirmed) -> HTMLResponse:
+        if outcome.sequence is None:
+            return self.pages.message("already_confirmed.title", self.t("already_confirmed.body_untitled"))
+        body = self.t("already_confirmed.body", title=outcome.sequence.title)
+        return self.pages.message("already_confirmed.title", body)
 
     def unsubscribe_page(self, token: str) -> HTMLResponse:
         # Link scanners fetch GET links: this page changes nothing, it only offers the button.
@@ -151,7 +179,8 @@ def router(runtime: Runtime, pages: Pages, broker_ok: Callable[[], bool]) -> API
     routes.add_api_route("/", reader.subscribe_form, methods=["GET"])
     routes.add_api_route("/subscribe", reader.subscribe_form, methods=["GET"])
     routes.add_api_route("/subscribe", reader.subscribe, methods=["POST"])
-    routes.add_api_route("/confirm/{token}", reader.confirm, methods=["GET"])
+    routes.add_api_route("/confirm/{token}", reader.confirm_page, methods=["GET"])
+    routes.add_api_route("/confirm/{token}", reader.confirm, methods=["POST"])
     routes.add_api_route("/unsubscribe/{token}", reader.unsubscribe_page, methods=["GET"])
     routes.add_api_route("/unsubscribe/{token}", reader.unsubscribe, methods=["POST"])
     routes.add_api_route("/healthz", reader.healthz, methods=["GET"], response_class=JSONResponse)

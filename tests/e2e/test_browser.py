@@ -58,7 +58,7 @@ def subscribers(runtime: Runtime) -> list[Subscriber]:
 def test_reader_signs_up_confirms_and_unsubscribes(
     page: Page, live: str, runtime: Runtime, sink: Sink
 ) -> None:
-    """A reader can sign up, confirm and leave in a real browser, and their time zone is kept."""
+    """A reader can sign up, confirm by the page's button and leave in a real browser; their time zone is kept."""
     address = "hanako@example.com"
     page.goto(f"{live}/")
     page.fill("#email", address)
@@ -71,7 +71,12 @@ def test_reader_signs_up_confirms_and_unsubscribes(
     link = CONFIRM_LINK.search(text_of(confirmation))
     assert link, "no confirmation link in the mail"
     page.goto(link.group(0))
+    expect(page.locator("h1")).to_have_text("登録の確認")
+    assert [s.state for s in subscribers(runtime)] == ["pending"]
+    page.click("button[type=submit]")
     expect(page.locator("h1")).to_have_text("登録が完了しました")
+    page.goto(link.group(0))
+    expect(page.locator("h1")).to_have_text("登録は完了しています")
     [reader] = subscribers(runtime)
     assert (reader.name, reader.timezone) == ("山田 花子", "America/New_York")
 

@@ -58,7 +58,9 @@ def test_separate_processes_share_the_embedded_broker(home: Path, sink: Sink) ->
         [confirmation] = [r.message for r in sink.wait_for(1, timeout=20)]
         link = re.search(r"/confirm/([A-Za-z0-9_.\-]+)", text_of(confirmation))
         assert link
-        assert httpx.get(f"http://127.0.0.1:{port}/confirm/{link.group(1)}", timeout=5).status_code == 200
+        url = f"http://127.0.0.1:{port}/confirm/{link.group(1)}"
+        assert httpx.get(url, timeout=5).status_code == 200  # the page with the button
+        assert httpx.post(url, timeout=5).status_code == 200  # the button
         assert "ようこそ" in str(sink.wait_for(2, timeout=20)[1].message["Subject"])
     finally:
         for proc in procs:

@@ -87,7 +87,8 @@ def test_newcomer_story_through_the_outbox(running: Running) -> None:
     confirmation = httpx.get(f"{url}{link}", timeout=5).text
     confirm_url = re.search(rf'href="(http://localhost:{running.port}/confirm/[^"]+)"', confirmation)
     assert confirm_url, "the outbox shows the confirmation link as a link"
-    assert "登録が完了しました" in httpx.get(confirm_url.group(1), timeout=5).text
+    assert "登録を完了する" in httpx.get(confirm_url.group(1), timeout=5).text
+    assert "登録が完了しました" in httpx.post(confirm_url.group(1), timeout=5).text
     links = wait_until(lambda: (found := outbox_links(url)) and len(found) >= 2 and found, 15)
     welcome = httpx.get(f"{url}{links[0]}", timeout=5).text  # newest first
     assert "ようこそ" in welcome

@@ -42,8 +42,9 @@ def sign_up_and_confirm(runtime: Runtime, live: str, sink: Sink, email: str, nam
     runtime.tick(runtime.clock)
     [confirmation] = sink.to(email)
     assert "/confirm/" in text_of(confirmation)
-    page = httpx.get(f"{live}/confirm/{confirm_token(confirmation)}", timeout=10)
-    assert "登録が完了しました" in page.text
+    url = f"{live}/confirm/{confirm_token(confirmation)}"
+    assert "登録を完了する" in httpx.get(url, timeout=10).text  # a page with the button
+    assert "登録が完了しました" in httpx.post(url, timeout=10).text
 
 
 def unsubscribe_url(message: EmailMessage) -> str:

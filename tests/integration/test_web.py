@@ -13,6 +13,8 @@ from sqlalchemy import func, select
 from mailer.db import session_scope
 from mailer.models import Consent, Delivery, Enrolment, Subscriber
 from mailer.runtime import Runtime
+from mailer.seminars.sequences import Catalog
+from mailer.subscribers import signup
 from tests.conftest import Sink
 from tests.helpers import confirm_token, seminar_mails, text_of
 
@@ -29,6 +31,21 @@ def error_of(response: httpx.Response) -> str:
 def count(rt: Runtime, model: type) -> int:
     with session_scope(rt.sessions) as session:
         return session.scalar(select(func.count()).select_from(model)) or 0
+
+
+def press(live: str, token: str) -> httpx.Response:
+    """The confirmation page's button: a bare POST to the link, as a browser sends it."""
+    return httpx.post(f"{live}/confirm/{token}", timeout=10)
+
+
+def states(rt: Runtime) -> tuple[str, str, list[str]]:
+    """The one subscriber's state, its enrolment's, and the kinds of mail in the ledger."""
+    with session_scope(rt.sessions) as session:
+        return (
+            session.scalars(select(Subscriber.state)).one(),
+            session.scalars(select(Enrolment.state)).one(),
+            sorted(session.scalars(select(Delivery.kind))),
+        )
 
 
 def signed_up(rt: Runtime, live: str, sink: Sink, email: str) -> str:
@@ -140,6 +157,8 @@ def test_sign_up_wakes_a_worker_once_after_commit_and_only_when_mail_is_queued(
     runtime.tick(runtime.clock)
     token = confirm_token(sink.to("wake@example.com")[-1])
     assert httpx.get(f"{live}/confirm/{token}", timeout=10).status_code == 200
+    assert len(woken) == 1  # the page queues nothing
+    assert press(live, token).status_code == 200
     assert len(woken) == 2  # the welcome is due at once
     assert "step" in woken[1]
     assert post(live, email="wake@example.com").status_code == 200  # confirmed: nothing to send
@@ -161,7 +180,7 @@ def test_second_sign_up_answers_the_same_and_never_downgrades(
     pending_again = post(live, email="same@example.com")
     runtime.tick(runtime.clock)
     token = confirm_token(sink.to("same@example.com")[-1])
-    assert httpx.get(f"{live}/confirm/{token}", timeout=10).status_code == 200
+    assert press(live, token).status_code == 200
     confirmed_again = post(live, email="SAME@example.com", name="someone else")
     assert first.status_code == pending_again.status_code == confirmed_again.status_code == 200
     assert first.text == pending_again.text == confirmed_again.text
@@ -187,17 +206,97 @@ def test_sign_ups_per_client_are_rate_limited(runtime: Runtime, live: str) -> No
     assert count(runtime, Subscriber) == 20
 
 
-def test_confirm_link_confirms_once_and_starts_the_seminar(runtime: Runtime, live: str, sink: Sink) -> None:
-    """The link confirms and the welcome follows; the same link again is a neutral 4xx page."""
+def test_confirm_page_changes_nothing_however_often_it_is_fetched(
+    runtime: Runtime, live: str, sink: Sink
+) -> None:
+    """A link scanner fetching the confirmation link three times confirms nobody and plans no welcome."""
+    token = signed_up(runtime, live, sink, "scanned@example.com")
+    for _ in range(3):
+        page = httpx.get(f"{live}/confirm/{token}", timeout=10)
+        assert page.status_code == 200
+        assert "<title>登録の確認 |" in page.text
+        assert f'<form method="post" action="/confirm/{token}">' in page.text
+        assert "登録を完了する</button>" in page.text
+        assert "WEBビジネスをゼロから学ぶメールセミナー" in page.text
+    assert states(runtime) == ("pending", "pending", ["confirm"])
+    runtime.tick(runtime.clock)
+    assert len(sink.to("scanned@example.com")) == 1  # the confirmation only
+
+
+def test_confirm_button_confirms_and_starts_the_seminar(runtime: Runtime, live: str, sink: Sink) -> None:
+    """Pressing the button (a POST to the link, no cookie) confirms, and the welcome follows."""
     token = signed_up(runtime, live, sink, "c@example.com")
-    first = httpx.get(f"{live}/confirm/{token}", timeout=10)
-    assert first.status_code == 200
-    assert "登録が完了しました" in first.text
+    response = press(live, token)
+    assert response.status_code == 200
+    assert "<h1>登録が完了しました</h1>" in response.text
+    assert not response.headers.get("set-cookie")
+    assert states(runtime) == ("confirmed", "active", ["confirm", "step"])
     runtime.tick(runtime.clock)
     assert any("ようこそ" in str(m["Subject"]) for m in sink.to("c@example.com"))
-    again = httpx.get(f"{live}/confirm/{token}", timeout=10)
-    assert again.status_code == 410
-    assert "このリンクは使えません" in again.text
+
+
+def test_used_confirm_link_says_already_subscribed(runtime: Runtime, live: str, sink: Sink) -> None:
+    """The same link again, pressed or opened, says the address is already subscribed (200), and plans nothing."""
+    token = signed_up(runtime, live, sink, "twice@example.com")
+    assert press(live, token).status_code == 200
+    for again in (press(live, token), httpx.get(f"{live}/confirm/{token}", timeout=10)):
+        assert again.status_code == 200
+        assert "<h1>登録は完了しています</h1>" in again.text
+        assert "「WEBビジネスをゼロから学ぶメールセミナー」に登録済み" in again.text
+        assert "<button" not in again.text
+    assert states(runtime) == ("confirmed", "active", ["confirm", "step"])
+
+
+def test_used_confirm_link_whose_seminar_file_is_gone_is_already_confirmed_without_a_title(
+    runtime: Runtime, live: str, sink: Sink
+) -> None:
+    """A used link whose seminar has no file any more still answers already confirmed, naming no seminar."""
+    token = signed_up(runtime, live, sink, "gone@example.com")
+    assert press(live, token).status_code == 200
+    claim = runtime.tokens.read_confirm(token, 86400)
+    assert claim is not None
+    no_files = Catalog({})
+    with session_scope(runtime.sessions) as session:
+        assert signup.check_confirm(session, no_files, claim) == signup.AlreadyConfirmed(None)
+        assert signup.confirm(session, runtime.site, no_files, claim, runtime.clock()) == (
+            signup.AlreadyConfirmed(None)
+        )
+
+
+def test_confirm_link_of_a_reader_who_left_since_cannot_be_used(
+    runtime: Runtime, live: str, sink: Sink
+) -> None:
+    """A used link of a reader who unsubscribed afterwards is the neutral 410 page, and rejoins nobody."""
+    url = _joined(runtime, live, sink, "left@example.com")
+    token = confirm_token(sink.to("left@example.com")[0])
+    assert httpx.post(url, timeout=10).status_code == 200
+    for response in (httpx.get(f"{live}/confirm/{token}", timeout=10), press(live, token)):
+        assert response.status_code == 410
+        assert "このリンクは使えません" in response.text
+    with session_scope(runtime.sessions) as session:
+        assert session.scalars(select(Subscriber.state)).one() == "unsubscribed"
+
+
+def test_double_click_on_the_button_confirms_once(runtime: Runtime, live: str, sink: Sink) -> None:
+    """Two presses at once both get a 200 page, one confirmation and one already-subscribed; one welcome."""
+    import threading
+
+    token = signed_up(runtime, live, sink, "double@example.com")
+    pages: list[tuple[int, str]] = []
+    barrier = threading.Barrier(2)
+
+    def click() -> None:
+        barrier.wait()
+        response = press(live, token)
+        pages.append((response.status_code, re.findall(r"<h1>(.*?)</h1>", response.text)[0]))
+
+    threads = [threading.Thread(target=click) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(pages) == [(200, "登録が完了しました"), (200, "登録は完了しています")]
+    assert states(runtime) == ("confirmed", "active", ["confirm", "step"])
 
 
 @pytest.mark.parametrize(
@@ -209,17 +308,17 @@ def test_confirm_link_confirms_once_and_starts_the_seminar(runtime: Runtime, liv
     ],
 )
 def test_tampered_confirm_token_is_refused(runtime: Runtime, live: str, sink: Sink, mangle) -> None:  # type: ignore[no-untyped-def]
-    """A token changed by one character, or made up, confirms nothing and shows a neutral page."""
+    """A token changed by one character, or made up, confirms nothing and shows a neutral 400 page, on GET and POST."""
     token = signed_up(runtime, live, sink, "t@example.com")
-    response = httpx.get(f"{live}/confirm/{mangle(token)}", timeout=10)
-    assert response.status_code == 400
-    assert "このリンクは使えません" in response.text
-    with session_scope(runtime.sessions) as session:
-        assert session.scalars(select(Subscriber.state)).one() == "pending"
+    for response in (httpx.get(f"{live}/confirm/{mangle(token)}", timeout=10), press(live, mangle(token))):
+        assert response.status_code == 400
+        assert "このリンクは使えません" in response.text
+        assert "<button" not in response.text
+    assert states(runtime) == ("pending", "pending", ["confirm"])
 
 
 def test_expired_confirm_token_is_refused(runtime: Runtime, live: str, sink: Sink) -> None:
-    """A confirmation link older than the site's confirm_days no longer works, though otherwise valid."""
+    """A confirmation link older than the site's confirm_days is a 400 on GET and POST, though otherwise valid."""
     from itsdangerous import TimestampSigner, URLSafeTimedSerializer
 
     from tests.conftest import SECRET
@@ -232,17 +331,19 @@ def test_expired_confirm_token_is_refused(runtime: Runtime, live: str, sink: Sin
     with session_scope(runtime.sessions) as session:
         enrolment = session.scalars(select(Enrolment)).one()
     old = URLSafeTimedSerializer(SECRET, salt="mailer.confirm", signer=EightDaysAgo)
-    response = httpx.get(f"{live}/confirm/{old.dumps([enrolment.id, enrolment.confirm_nonce])}", timeout=10)
-    assert response.status_code == 400
-    assert "このリンクは使えません" in response.text
+    expired = str(old.dumps([enrolment.id, enrolment.confirm_nonce]))
+    for response in (httpx.get(f"{live}/confirm/{expired}", timeout=10), press(live, expired)):
+        assert response.status_code == 400
+        assert "このリンクは使えません" in response.text
+    assert states(runtime) == ("pending", "pending", ["confirm"])
     fresh = runtime.tokens.confirm(enrolment.id, enrolment.confirm_nonce or 0)
-    assert httpx.get(f"{live}/confirm/{fresh}", timeout=10).status_code == 200
+    assert "登録が完了しました" in press(live, fresh).text
 
 
 def _joined(runtime: Runtime, live: str, sink: Sink, email: str) -> str:
     """Join through the pages; the unsubscribe URL of the welcome mail."""
     token = signed_up(runtime, live, sink, email)
-    httpx.get(f"{live}/confirm/{token}", timeout=10)
+    assert press(live, token).status_code == 200
     runtime.tick(runtime.clock)
     welcome = seminar_mails(sink, email)[-1]
     return str(re.findall(r"<(http[^>]+)>", str(welcome["List-Unsubscribe"]))[0])
@@ -344,7 +445,7 @@ def test_only_loopback_clients_may_read_the_outbox(host: str | None, local: bool
 
 
 def test_english_locale_serves_english_pages(home, database_url: str, sink: Sink) -> None:  # type: ignore[no-untyped-def]
-    """With `locale = "en"` the form, its refusals and the mail footer speak English."""
+    """With `locale = "en"` the form, its refusals, the mail footer and the confirmation pages speak English."""
     from mailer.web.app import create_app
     from tests.conftest import make_settings, serve
 
@@ -361,8 +462,12 @@ def test_english_locale_serves_english_pages(home, database_url: str, sink: Sink
         refused = post(url, email="taro..yamada@docomo.ne.jp")
         assert "Our mail cannot reach docomo addresses" in error_of(refused)
         assert "Please check your inbox" in post(url, email="en@example.com").text
-    rt.tick(rt.clock)
-    assert "You receive this mail because" in text_of(sink.to("en@example.com")[0])
+        rt.tick(rt.clock)
+        assert "You receive this mail because" in text_of(sink.to("en@example.com")[0])
+        token = confirm_token(sink.to("en@example.com")[0])
+        assert "Complete my sign-up</button>" in httpx.get(f"{url}/confirm/{token}", timeout=10).text
+        assert "<h1>You are signed up</h1>" in press(url, token).text
+        assert "<h1>You are already subscribed</h1>" in press(url, token).text
     rt.close()
 
 
