@@ -54,6 +54,10 @@ MESSAGES: dict[str, dict[str, str]] = {
         "unsubscribe.button": "配信を停止する",
         "unsubscribed.title": "配信を停止しました",
         "unsubscribed.body": "今後、メールは配信されません。これまでご購読いただき、ありがとうございました。",
+        "already_unsubscribed.title": "配信は停止済みです",
+        "already_unsubscribed.body": (
+            "このアドレスへのメールの配信は、すでに停止しています。今後、メールは配信されません。"
+        ),
         "notfound.title": "ページが見つかりません",
         "notallowed.title": "許可されていない操作です",
         "outbox.title": "送信済みメール（ローカル）",
@@ -118,6 +122,10 @@ MESSAGES: dict[str, dict[str, str]] = {
         "unsubscribe.button": "Unsubscribe",
         "unsubscribed.title": "You are unsubscribed",
         "unsubscribed.body": "You will receive no more mail from us. Thank you for reading.",
+        "already_unsubscribed.title": "Mail has already stopped",
+        "already_unsubscribed.body": (
+            "Mail to this address has already stopped; you will receive no more mail from us."
+        ),
         "notfound.title": "Page not found",
         "notallowed.title": "This method is not allowed",
         "outbox.title": "Mail written (local outbox)",

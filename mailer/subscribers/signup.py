@@ -226,11 +226,26 @@ def confirm(
     return Confirmed(sequence, delivery_id)
 
 
-def unsubscribe(session: Session, claim: UnsubscribeClaim, now: datetime) -> bool:
+@dataclass(frozen=True)
+class Unsubscribed:
+    already: bool  # the reader had left (or bounced) before: nothing changed now
+
+
+def unsubscribe(session: Session, claim: UnsubscribeClaim, now: datetime) -> Unsubscribed | None:
     """Stop everything for this subscriber at once, including mail claimed but not yet handed to
-    SMTP. False when the token names nobody. Idempotent."""
+    SMTP. None when the token names nobody. Idempotent."""
     subscriber = session.get(Subscriber, claim.subscriber_id)
     if subscriber is None:
-        return False
+        return None
+    already = subscriber.state in suppression.STOPPED
     suppression.stop(session, subscriber, state="unsubscribed", now=now, delivery_id=claim.delivery_id)
-    return True
+    return Unsubscribed(already)
+
+
+def has_left(session: Session, claim: UnsubscribeClaim) -> bool | None:
+    """Whether nothing is sent to this link's reader any more, changing nothing (link scanners
+    fetch the unsubscribe page too). None when the token names nobody."""
+    subscriber = session.get(Subscriber, claim.subscriber_id)
+    if subscriber is None:
+        return None
+    return subscriber.state in suppression.STOPPED

@@ -141,9 +141,17 @@ class Reader:
         return self.pages.message("already_confirmed.title", body)
 
     def unsubscribe_page(self, token: str) -> HTMLResponse:
-        # Link scanners fetch GET links: this page changes nothing, it only offers the button.
-        if self.runtime.tokens.read_unsubscribe(token) is None:
+        # Link scanners fetch GET links: this page changes nothing, it only offers the button
+        # (or says that mail has already stopped).
+        claim = self.runtime.tokens.read_unsubscribe(token)
+        if claim is None:
             return self.invalid(400)
+        with self.runtime.transaction() as session:
+            left = signup.has_left(session, claim)
+        if left is None:
+            return self.invalid(404)
+        if left:
+            return self.already_unsubscribed()
         return self.pages.page("unsubscribe.html", token=token)
 
     def unsubscribe(self, token: str) -> HTMLResponse:
@@ -153,10 +161,15 @@ class Reader:
         if claim is None:
             return self.invalid(400)
         with self.runtime.transaction() as session:
-            found = signup.unsubscribe(session, claim, self.runtime.clock())
-        if not found:
+            outcome = signup.unsubscribe(session, claim, self.runtime.clock())
+        if outcome is None:
             return self.invalid(404)
+        if outcome.already:
+            return self.already_unsubscribed()
         return self.pages.message("unsubscribed.title", self.t("unsubscribed.body"))
+
+    def already_unsubscribed(self) -> HTMLResponse:
+        return self.pages.message("already_unsubscribed.title", self.t("already_unsubscribed.body"))
 
     def healthz(self) -> JSONResponse:
         checks = {"database": "ok", "broker": "ok" if self.broker_ok() else "down"}

@@ -88,6 +88,8 @@ def test_reader_signs_up_confirms_and_unsubscribes(
     page.click("button")
     expect(page.locator("h1")).to_have_text("配信を停止しました")
     assert [s.state for s in subscribers(runtime)] == ["unsubscribed"]
+    page.goto(unsubscribe.group(0))
+    expect(page.locator("h1")).to_have_text("配信は停止済みです")
 
 
 @sqlite_only

@@ -380,10 +380,33 @@ def test_one_click_post_unsubscribes_at_once(runtime: Runtime, live: str, sink: 
             )
             == 0
         )
-    assert httpx.post(url, timeout=10).status_code == 200  # twice is fine
+    twice = httpx.post(url, timeout=10)
+    assert twice.status_code == 200  # twice is fine, and says so
+    assert "配信は停止済みです" in twice.text
     sink.clear()
     runtime.tick(lambda: datetime(2027, 1, 1, tzinfo=UTC))
     assert sink.received == []
+
+
+def test_unsubscribe_page_of_a_reader_already_gone_says_mail_has_stopped(
+    runtime: Runtime, live: str, sink: Sink
+) -> None:
+    """The unsubscribe link of a reader who already left shows that mail has stopped (200), with no button."""
+    url = _joined(runtime, live, sink, "gone@example.com")
+    assert "配信を停止しました" in httpx.post(url, timeout=10).text
+    page = httpx.get(url, timeout=10)
+    assert page.status_code == 200
+    assert "<title>配信は停止済みです |" in page.text
+    assert "すでに停止しています" in page.text
+    assert "<button" not in page.text
+
+
+def test_unsubscribe_link_naming_nobody_is_a_neutral_404(runtime: Runtime, live: str) -> None:
+    """A genuine unsubscribe token whose subscriber is not in the store is a neutral 404, on GET and POST."""
+    url = f"{live}/unsubscribe/{runtime.tokens.unsubscribe(999, None)}"
+    for response in (httpx.get(url, timeout=10), httpx.post(url, timeout=10)):
+        assert response.status_code == 404
+        assert "このリンクは使えません" in response.text
 
 
 def test_tampered_unsubscribe_token_is_refused(live: str) -> None:
