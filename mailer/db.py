@@ -33,16 +33,18 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def make_engine(url: str, *, pre_ping: bool = True, **kwargs: Any) -> Engine:
+def make_engine(url: str, *, pre_ping: bool = True, wait: float = 30.0, **kwargs: Any) -> Engine:
     """pre_ping tests each pooled connection before use (a round trip): pages need it, so that a
-    restarted PostgreSQL never shows as an error; workers skip it and retry what fails instead."""
+    restarted PostgreSQL never shows as an error; workers skip it and retry what fails instead.
+    `wait`: seconds a SQLite statement waits for another writer's lock before it fails with
+    "database is locked" (Runtime sets it: pages wait less than workers)."""
     if url.startswith("sqlite"):
         # isolation_level=None hands transactions to us, so each one can BEGIN IMMEDIATE: a
         # deferred SQLite transaction that reads then writes fails at once (SQLITE_BUSY_SNAPSHOT)
         # when another writer committed in between, instead of waiting its turn.
         engine = create_engine(
             url,
-            connect_args={"timeout": 30, "isolation_level": None, "check_same_thread": False},
+            connect_args={"timeout": wait, "isolation_level": None, "check_same_thread": False},
             **kwargs,
         )
 

@@ -26,13 +26,25 @@ from mailer.subscribers.tokens import Tokens
 
 log = logging.getLogger(__name__)
 
+# How long a statement waits for SQLite's write lock, held by another writer, before it fails
+# (db.make_engine). A writer holds it for one transaction: a request's, or a worker's group of
+# `delivery.commit_every` mails, milliseconds at the benchmarked pace. A worker may wait long:
+# nobody watches it, and a failure costs it a retry. Every other runtime (pages, commands) waits
+# a few seconds, and a page then answers "try again" (web.errors): a lock held longer is trouble,
+# not a queue, and each waiting request holds one of the server's threads (anyio's 40), so
+# 30-second waits would soon stall every page and /healthz with them. `mailer run` is a web
+# process: its embedded worker waits as pages do, and recording mail SMTP took survives that
+# (pipeline.record_when_back keeps trying).
+WORKER_WAIT = 30.0
+PAGE_WAIT = 5.0
+
 
 @dataclass
 class Runtime:
     settings: Settings
     transport_override: Transport | None = None
     wake: Callable[[], None] = field(default=lambda: None)  # nudges a worker after a commit
-    sending: bool = False  # a worker process: no pre-ping round trip per transaction (db.make_engine)
+    sending: bool = False  # a worker process: no pre-ping per transaction, a longer wait for locks
     clock: Callable[[], datetime] = utcnow  # "now" for requests and tasks; tests pass a fixed one
 
     @cached_property
@@ -48,7 +60,8 @@ class Runtime:
 
     @cached_property
     def engine(self) -> Engine:
-        return make_engine(self.settings.database_url, pre_ping=not self.sending)
+        wait = WORKER_WAIT if self.sending else PAGE_WAIT
+        return make_engine(self.settings.database_url, pre_ping=not self.sending, wait=wait)
 
     @cached_property
     def sessions(self) -> sessionmaker[Session]:
