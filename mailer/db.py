@@ -9,6 +9,8 @@ from typing import Any
 
 from sqlalchemy import DateTime, Engine, create_engine, event
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -62,6 +64,38 @@ def make_engine(url: str, *, pre_ping: bool = True, wait: float = 30.0, **kwargs
 
         return engine
     return create_engine(url, pool_pre_ping=pre_ping, **kwargs)
+
+
+# Why a database cannot answer now, as the drivers say it: not a bug in a statement, an outage that
+# passes (a lock, a read-only or full disk, a server restarting or away). SQLite's primary result
+# codes (https://sqlite.org/rescode.html; SQLITE_ERROR, a "no such table", is not one of them):
+SQLITE_OUTAGES = frozenset({5, 6, 8, 10, 13, 14, 15})  # BUSY LOCKED READONLY IOERR FULL CANTOPEN PROTOCOL
+# PostgreSQL's SQLSTATE classes and codes (https://www.postgresql.org/docs/current/errcodes-appendix.html):
+# 08 connection, 53 resources (disk full, too many connections), 57 operator intervention
+# (shutdown, starting up, statement timeout), 58 system (I/O); 25006 a read-only transaction (a
+# standby, default_transaction_read_only), 40001 and 40P01 a serialization failure and a deadlock
+# (a retry passes), 55P03 a lock not available.
+POSTGRES_OUTAGES = ("08", "53", "57", "58", "25006", "40001", "40P01", "55P03")
+
+
+def outage(exc: BaseException) -> str | None:
+    """What makes the database unavailable now, if `exc` says so ("SQLITE_BUSY", "sqlstate:25006",
+    "disconnect", "unreachable", "pool_timeout"); None for any other failure. No statement and no
+    parameters: the name is safe to log."""
+    if isinstance(exc, PoolTimeoutError):  # every pooled connection busy past the pool's timeout
+        return "pool_timeout"
+    if not isinstance(exc, DBAPIError):
+        return None
+    if exc.connection_invalidated:
+        return "disconnect"
+    code = getattr(exc.orig, "sqlite_errorcode", None)
+    if isinstance(code, int):  # its low byte is the primary code; the name may be an extended one
+        return str(getattr(exc.orig, "sqlite_errorname", code)) if code & 0xFF in SQLITE_OUTAGES else None
+    state = getattr(exc.orig, "sqlstate", None)
+    if isinstance(state, str):
+        return f"sqlstate:{state}" if state.startswith(POSTGRES_OUTAGES) else None
+    # A driver that says no more, as psycopg when no server answers the connection.
+    return "unreachable" if isinstance(exc, OperationalError) else None
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -1,8 +1,9 @@
 """One translator from failures to answers: pages get the site's HTML, `/api` gets JSON.
 
-    HTTPException (routing's 404 and 405 among them)  -> its status; 405 keeps its Allow header
-    RequestValidationError                            -> 422 invalid
-    any other exception                               -> 500, logged with its traceback
+    HTTPException (routing's 404 and 405 among them)   -> its status; 405 keeps its Allow header
+    RequestValidationError                             -> 422 invalid
+    the database locked, read-only or away (db.outage) -> 503 unavailable, Retry-After; a warning
+    any other exception                                -> 500, logged with its traceback
 
 On `/api/` the body is `{"error": {"code": ..., "message": ...}}`; elsewhere it is a page.
 """
@@ -19,10 +20,11 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
+from mailer.db import outage
 from mailer.web.pages import Pages
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Mapping
 
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -38,9 +40,15 @@ CODES = {
     422: "invalid",
     429: "rate_limited",
     500: "internal",
+    503: "unavailable",
 }
-TITLES = {404: "notfound.title", 405: "notallowed.title"}  # any other status: the neutral page
+TITLES = {404: "notfound.title", 405: "notallowed.title", 503: "unavailable.title"}  # else the neutral page
+BODIES = {503: "unavailable.body"}
 INTERNAL = "internal error"  # nothing about the failure goes to the client
+UNAVAILABLE = "the service is busy; try again in a moment"
+# Seconds a client is told to wait (RFC 9110 section 10.2.3): a lock clears in seconds, a
+# PostgreSQL restart in a few more; a reader only sees the page's words.
+RETRY_AFTER = "10"
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
@@ -74,7 +82,8 @@ class Translator:
             code = CODES.get(status, "error")
             body = {"error": {"code": code, "message": message}}
             return JSONResponse(body, status_code=status, headers=headers)
-        response = self.pages.message(TITLES.get(status, "invalid.title"), "", status)
+        words = self.pages.t(BODIES[status]) if status in BODIES else ""
+        response = self.pages.message(TITLES.get(status, "invalid.title"), words, status)
         response.headers.update(headers or {})
         return response
 
@@ -97,16 +106,22 @@ class Translator:
     def internal(self, path: str) -> Response:
         return self.answer(path, 500, INTERNAL)
 
+    def unavailable(self, path: str) -> Response:
+        return self.answer(path, 503, UNAVAILABLE, {"Retry-After": RETRY_AFTER})
+
 
 class Unexpected:
-    """ASGI middleware: an exception no handler took is logged with its traceback (the masking
-    filter in `mailer.logs` takes out addresses) and answered with the neutral 500. It stops
-    here: Starlette's own catch-all would re-raise it for the server to log a second time,
-    through handlers that mask nothing."""
+    """ASGI middleware: an exception no handler took is answered here. The database being locked,
+    read-only or away is an outage that passes: a 503 "try again" and one warning naming the
+    route and the error, no traceback and no statement (its parameters may hold an address).
+    Anything else is logged with its traceback (the masking filter in `mailer.logs` takes out
+    addresses) and answered with the neutral 500. Either way it stops here: Starlette's own
+    catch-all would re-raise it for the server to log a second time, through handlers that mask
+    nothing."""
 
-    def __init__(self, app: ASGIApp, internal: Callable[[str], Response]) -> None:
+    def __init__(self, app: ASGIApp, translator: Translator) -> None:
         self.app = app
-        self.internal = internal
+        self.translator = translator
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -123,9 +138,15 @@ class Unexpected:
             await self.app(scope, receive, sending)
         except Exception as exc:
             route = getattr(scope.get("route"), "path", "-")  # the template: no token in the log
-            log.exception("web.error type=%s method=%s route=%s", type(exc).__name__, scope["method"], route)
+            kind, verb, reason = type(exc).__name__, scope["method"], outage(exc)
+            if reason is not None:
+                log.warning("web.unavailable type=%s reason=%s method=%s route=%s", kind, reason, verb, route)
+                answer = self.translator.unavailable(scope["path"])
+            else:
+                log.exception("web.error type=%s method=%s route=%s", kind, verb, route)
+                answer = self.translator.internal(scope["path"])
             if not started:  # else the client sees a cut-off response; the log says why
-                await self.internal(scope["path"])(scope, receive, send)
+                await answer(scope, receive, send)
 
 
 def install(app: FastAPI, pages: Pages) -> None:
@@ -133,4 +154,4 @@ def install(app: FastAPI, pages: Pages) -> None:
     translator = Translator(pages)
     app.add_exception_handler(HTTPException, translator.http_error)
     app.add_exception_handler(RequestValidationError, translator.invalid)
-    app.add_middleware(Unexpected, internal=translator.internal)
+    app.add_middleware(Unexpected, translator=translator)
