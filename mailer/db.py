@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import DateTime, Engine, create_engine, event
+from sqlalchemy import DateTime, Engine, create_engine, event, text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
@@ -96,6 +96,33 @@ def outage(exc: BaseException) -> str | None:
         return f"sqlstate:{state}" if state.startswith(POSTGRES_OUTAGES) else None
     # A driver that says no more, as psycopg when no server answers the connection.
     return "unreachable" if isinstance(exc, OperationalError) else None
+
+
+def writable(engine: Engine, *, wait: float) -> bool:
+    """Does the database take a write now, waiting at most `wait` seconds for SQLite's lock? False
+    for a read-only PostgreSQL; raises what the driver raises for a database locked, read-only
+    or away. Nothing durable changes: the transaction is rolled back."""
+    with engine.connect() as connection:
+        if engine.dialect.name == "sqlite":
+            # Tried on SQLite 3: the transaction's BEGIN IMMEDIATE (the engine's "begin" hook)
+            # waits for a locked file's write lock and fails, but succeeds on a read-only file;
+            # there only a write fails, and writing the header's user_version (unused, set to
+            # what it is) needs no table and leaves nothing in the WAL once rolled back. The busy
+            # timeout is the connection's own, lowered for this check and put back after.
+            raw = connection.connection.driver_connection
+            assert raw is not None  # a checked-out connection has one
+            before = int(raw.execute("PRAGMA busy_timeout").fetchone()[0])
+            raw.execute(f"PRAGMA busy_timeout = {int(wait * 1000)}")
+            try:
+                version = int(connection.execute(text("PRAGMA user_version")).scalar_one())
+                connection.execute(text(f"PRAGMA user_version = {version}"))
+            finally:
+                connection.rollback()
+                raw.execute(f"PRAGMA busy_timeout = {before}")
+            return True
+        # On a standby, or with default_transaction_read_only, every transaction is read-only.
+        read_only: str = connection.execute(text("SHOW transaction_read_only")).scalar_one()
+        return read_only != "on"
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

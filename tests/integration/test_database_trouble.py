@@ -1,4 +1,4 @@
-"""A database locked, read-only or away: a 503 "try again" page, nothing lost after."""
+"""A database locked, read-only or away: a 503 "try again" page, /healthz down, nothing lost after."""
 
 from __future__ import annotations
 
@@ -25,6 +25,8 @@ postgres_only = pytest.mark.parametrize("database_url", ["postgresql"], indirect
 
 BUSY_TITLE = "ただいま混み合っています"
 BUSY_BODY = "少し時間をおいてもう一度お試しください。"
+HEALTH_DOWN = {"status": "unavailable", "database": "down", "broker": "ok"}
+HEALTH_OK = {"status": "ok", "database": "ok", "broker": "ok"}
 
 
 class Records(logging.Handler):
@@ -105,8 +107,13 @@ def test_locked_sqlite_answers_try_again_then_the_same_sign_up_succeeds(
         started = time.monotonic()
         response = sign_up(live, "taro@example.com")
         waited = time.monotonic() - started
+        started = time.monotonic()
+        health = httpx.get(f"{live}/healthz", timeout=10)
+        health_waited = time.monotonic() - started
     assert_try_again_page(response)
     assert PAGE_WAIT <= waited < PAGE_WAIT + 3  # not the workers' 30 s
+    assert (health.status_code, health.json()) == (503, HEALTH_DOWN)
+    assert health_waited < 3  # within the compose health check's timeout
     assert_logged_as_an_outage(logged, "SQLITE_BUSY")
     assert subscribers(runtime) == 0
 
@@ -114,13 +121,15 @@ def test_locked_sqlite_answers_try_again_then_the_same_sign_up_succeeds(
     assert again.status_code == 200
     assert "確認メールをお送りしました" in again.text
     assert subscribers(runtime) == 1
+    health = httpx.get(f"{live}/healthz", timeout=10)
+    assert (health.status_code, health.json()) == (200, HEALTH_OK)
 
 
 @sqlite_only
-def test_read_only_sqlite_file_answers_try_again(
+def test_read_only_sqlite_file_answers_try_again_and_health_says_down(
     runtime: Runtime, home: Path, sink: Sink, clock: Clock, logged: Records
 ) -> None:
-    """On a SQLite file that can only be read, a sign-up is the 503 "try again" page."""
+    """On a SQLite file that can only be read, a sign-up is the 503 "try again" page and /healthz says the database is down."""
     # Root writes through any file mode (tests run as root), so the file is opened read-only.
     url = f"sqlite:///file:{runtime.engine.url.database}?mode=ro&uri=true"
     reader = Runtime(make_settings(home, url, sink.url), clock=clock)
@@ -128,10 +137,13 @@ def test_read_only_sqlite_file_answers_try_again(
         with serve(create_app(reader), int(reader.settings.base_url.rsplit(":", 1)[1])) as live:
             assert httpx.get(f"{live}/", timeout=10).status_code == 200  # reading still works
             response = sign_up(live, "taro@example.com")
+            health = httpx.get(f"{live}/healthz", timeout=10)
     finally:
         reader.close()
     assert_try_again_page(response)
+    assert (health.status_code, health.json()) == (503, HEALTH_DOWN)
     assert_logged_as_an_outage(logged, "SQLITE_READONLY")
+    assert logged.named("healthz.database_down type=OperationalError reason=SQLITE_READONLY")
     assert subscribers(runtime) == 0
 
 
@@ -149,20 +161,24 @@ def read_only(postgres: PostgresServer, rt: Runtime, *, on: bool) -> None:
 
 
 @postgres_only
-def test_read_only_postgresql_answers_try_again(
+def test_read_only_postgresql_answers_try_again_and_health_says_down(
     runtime: Runtime, live: str, postgres: PostgresServer, logged: Records
 ) -> None:
-    """With default_transaction_read_only on, a sign-up is the 503 "try again" page."""
+    """With default_transaction_read_only on, a sign-up is the 503 "try again" page and /healthz says the database is down."""
     read_only(postgres, runtime, on=True)
     try:
         response = sign_up(live, "taro@example.com")
+        health = httpx.get(f"{live}/healthz", timeout=10)
     finally:
         read_only(postgres, runtime, on=False)
     assert_try_again_page(response)
+    assert (health.status_code, health.json()) == (503, HEALTH_DOWN)
     assert_logged_as_an_outage(logged, "sqlstate:25006")
+    assert logged.named("healthz.database_down reason=read_only")
 
     assert sign_up(live, "taro@example.com").status_code == 200
     assert subscribers(runtime) == 1
+    assert httpx.get(f"{live}/healthz", timeout=10).status_code == 200
 
 
 @postgres_only
@@ -193,16 +209,18 @@ def test_api_answers_json_503_unavailable_when_postgresql_is_read_only(
 
 
 @postgres_only
-def test_stopped_postgresql_answers_try_again(
+def test_stopped_postgresql_answers_try_again_and_health_says_down(
     runtime: Runtime, live: str, postgres: PostgresServer, logged: Records
 ) -> None:
-    """With PostgreSQL stopped, a sign-up is the 503 "try again" page; after a restart it goes through."""
+    """With PostgreSQL stopped, a sign-up is the 503 "try again" page and /healthz says down; after a restart it goes through."""
     postgres.stop()
     try:
         response = sign_up(live, "taro@example.com")
+        health = httpx.get(f"{live}/healthz", timeout=10)
     finally:
         postgres.start()
     assert_try_again_page(response)
+    assert (health.status_code, health.json()) == (503, HEALTH_DOWN)
     [line] = logged.named("web.unavailable")
     assert "route=/subscribe" in line
     assert not [r for r in logged.records if r.exc_info]
