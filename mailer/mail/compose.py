@@ -32,7 +32,14 @@ from markupsafe import Markup
 
 from mailer.config import Site
 from mailer.i18n import translator
-from mailer.mail.skeleton import MAIL_POLICY, SMTPUTF8_POLICY, Skeleton, clean_header_text, list_unsubscribe
+from mailer.mail.skeleton import (
+    MAIL_POLICY,
+    SMTPUTF8_POLICY,
+    Skeleton,
+    clean_header_text,
+    list_unsubscribe,
+    literal_mailbox,
+)
 from mailer.seminars.sequences import Sequence, Step
 from mailer.subscribers.tokens import Tokens
 
@@ -191,8 +198,12 @@ class MailTemplate:
         # An SMTPUTF8 address (RFC 6532) is written in UTF-8 headers, for a relay that offers it.
         msg = EmailMessage(policy=MAIL_POLICY if recipient.email.isascii() else SMTPUTF8_POLICY)
         msg["From"] = Address(display_name=sender.name, addr_spec=sender.address)
-        local, _, domain = recipient.email.rpartition("@")  # addr_spec= refuses a non-ASCII local part
-        msg["To"] = Address(display_name=clean_header_text(recipient.name), username=local, domain=domain)
+        name = clean_header_text(recipient.name)
+        if "=?" in name:  # a name that reads as an encoded word: only written as given it stays a name
+            msg.set_raw("To", literal_mailbox(name, recipient.email))
+        else:
+            local, _, domain = recipient.email.rpartition("@")  # addr_spec= refuses a non-ASCII local part
+            msg["To"] = Address(display_name=name, username=local, domain=domain)
         msg["Subject"] = composed.subject
         msg["Date"] = format_datetime(now)
         msg["Message-ID"] = r.message_id(recipient.delivery_id)

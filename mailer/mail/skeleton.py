@@ -39,7 +39,8 @@ class MailPolicy(EmailPolicy):
         return super().fold_binary(name, value)
 
 
-MAIL_POLICY = MailPolicy(linesep="\r\n")
+# refold_source="none": a header set as written (`set_raw`, the literal names below) is written so.
+MAIL_POLICY = MailPolicy(linesep="\r\n", refold_source="none")
 SMTPUTF8_POLICY = MAIL_POLICY.clone(utf8=True)  # headers in UTF-8, for a relay that offers SMTPUTF8
 
 
@@ -65,11 +66,46 @@ def _base64(text: str) -> bytes:
 
 
 _ATEXT = frozenset(string.ascii_letters + string.digits + " !#$%&'*+-/=?^_`{|}~")
+_WORD_BYTES = 45  # base64 of 45 bytes is 60 characters: "=?utf-8?b?" + 60 + "?=" is 72, within 75
+
+
+def literal_words(text: str) -> list[str]:
+    """`text` as RFC 2047 encoded words (base64 of its UTF-8), each within RFC 2047's 75
+    characters and none splitting a character. Readers join adjacent words without the space
+    between them (RFC 2047 6.2), so they show `text` exactly."""
+    chunks = [b""]
+    for ch in text:
+        data = ch.encode()
+        if len(chunks[-1]) + len(data) > _WORD_BYTES:
+            chunks.append(b"")
+        chunks[-1] += data
+    return [f"=?utf-8?b?{base64.b64encode(chunk).decode('ascii')}?=" for chunk in chunks]
+
+
+def literal_mailbox(name: str, address: str) -> str:
+    """The value of `To:` for a name that contains `=?`, folded within 78 characters a line.
+
+    Written as it stands, or quoted, such a name is an encoded word to the parsers that decode
+    one wherever it appears (Python's email package does, even inside quotes): a reader who
+    typed `=?utf-8?q?x=0D=0ABcc:_x@y.z?=` would be shown CR LF and a Bcc line, or break the
+    page that lists the mail. As an encoded word itself, its decoding is the literal text.
+    The email package has no way to write it so: both paths write this value as given."""
+    lines: list[str] = []
+    line = ""
+    for token in [*literal_words(name), f"<{address}>"]:
+        if line and len("To: ") + len(line) + 1 + len(token) > 78:
+            lines.append(line)
+            line = ""
+        line = f"{line} {token}" if line else token
+    lines.append(line)
+    return "\r\n ".join(lines)
 
 
 def _mailbox(name: str, address: str) -> bytes:
     """`To:` for one reader, as the email package writes it; its folding only for long lines."""
     name = clean_header_text(name)
+    if "=?" in name:
+        return f"To: {literal_mailbox(name, address)}\r\n".encode("ascii")
     if not name:
         line = address
     elif name.isascii() and set(name) <= _ATEXT:
