@@ -1,16 +1,19 @@
 """The web app's factory: page templates, middleware, routers and the error translator.
 
 Routes: `public` (`/`, `/subscribe`, `/confirm/…`, `/unsubscribe/…`, `/healthz`), `outbox` (`/outbox`,
-on the maildir transport only).
+on the maildir transport only), and the site's static files (`/static/…`, from `templates/static/`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
+from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from mailer.i18n import translator
@@ -19,35 +22,71 @@ from mailer.send.maildir import MaildirTransport
 from mailer.web import errors, outbox, public
 from mailer.web.pages import Pages
 
+# No inline script or style anywhere, no plugin, no <base>, forms only to this site, never framed.
+PAGE_POLICY = (
+    "default-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+HSTS = "max-age=31536000"  # a year; not includeSubDomains: the operator's other hosts are not ours
+
+
+def security_headers(base_url: str) -> dict[str, str]:
+    """What every answer carries unless its route set its own (the outbox's frame does)."""
+    headers = {
+        # Confirm and unsubscribe URLs carry tokens: no page may hand them on in a Referer.
+        "Referrer-Policy": "no-referrer",
+        "X-Content-Type-Options": "nosniff",
+        "X-Frame-Options": "DENY",
+        "Content-Security-Policy": PAGE_POLICY,
+    }
+    # Only a site served over HTTPS may ask the browser to come back over HTTPS alone.
+    if urlsplit(base_url).scheme == "https":
+        headers["Strict-Transport-Security"] = HSTS
+    return headers
+
+
+def site_zone(runtime: Runtime) -> Callable[[], ZoneInfo]:
+    """The site's time zone: its default seminar's, read at each call (the files may change)."""
+
+    def zone() -> ZoneInfo:
+        sequence = runtime.catalog().get(runtime.site.default_sequence)
+        return sequence.timezone if sequence is not None else ZoneInfo("UTC")
+
+    return zone
+
 
 def create_app(runtime: Runtime, *, broker_ok: Callable[[], bool] = lambda: True) -> FastAPI:
     site = runtime.site
+    templates = runtime.settings.home / "templates"
     t = translator(site.locale)
     environment = Environment(
-        loader=FileSystemLoader(runtime.settings.home / "templates" / "pages"),
+        loader=FileSystemLoader(templates / "pages"),
         autoescape=select_autoescape(["html"]),
         auto_reload=True,
     )
     environment.globals.update(t=t, site=site)
     pages = Pages(environment, t)
 
-    app = FastAPI(title="mailer", docs_url=None, redoc_url=None, openapi_url=None)
+    # No redirect_slashes: its redirect is built from the Host header, which the client chooses.
+    app = FastAPI(title="mailer", docs_url=None, redoc_url=None, openapi_url=None, redirect_slashes=False)
     # Installed before the headers below, so its middleware sits inside them: a 500 page gets them too.
     errors.install(app, pages)
+    headers = security_headers(runtime.settings.base_url)
 
     @app.middleware("http")
-    async def security_headers(request: Request, call_next: Callable[[Request], Any]) -> Response:
+    async def add_security_headers(request: Request, call_next: Callable[[Request], Any]) -> Response:
         response: Response = await call_next(request)
-        # Confirm and unsubscribe URLs carry tokens: no page may hand them on in a Referer.
-        response.headers["Referrer-Policy"] = "no-referrer"
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["X-Frame-Options"] = "DENY"
+        for name, value in headers.items():
+            response.headers.setdefault(name, value)
         return response
 
     app.include_router(public.router(runtime, pages, broker_ok))
     transport = runtime.transport
     if isinstance(transport, MaildirTransport):
-        outbox.mount(app, transport, pages)
+        app.include_router(
+            outbox.router(transport, pages, base_url=runtime.settings.base_url, zone=site_zone(runtime))
+        )
+    # The site's own files: its stylesheet and the form's script (no inline script under the policy).
+    app.mount("/static", StaticFiles(directory=templates / "static", check_dir=False), name="static")
     return app
 
 

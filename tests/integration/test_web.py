@@ -462,7 +462,7 @@ def test_outbox_exists_only_on_the_maildir_transport(live: str) -> None:
 )
 def test_only_loopback_clients_may_read_the_outbox(host: str | None, local: bool) -> None:
     """The outbox shows mail to the machine's own browser, never to another host."""
-    from mailer.web.outbox import is_local
+    from mailer.web.local import is_loopback as is_local
 
     assert is_local(host) is local
 
