@@ -39,6 +39,7 @@ from mailer.mail.skeleton import (
     clean_header_text,
     list_unsubscribe,
     literal_mailbox,
+    literal_text,
 )
 from mailer.seminars.sequences import Sequence, Step
 from mailer.subscribers.tokens import Tokens
@@ -204,7 +205,10 @@ class MailTemplate:
         else:
             local, _, domain = recipient.email.rpartition("@")  # addr_spec= refuses a non-ASCII local part
             msg["To"] = Address(display_name=name, username=local, domain=domain)
-        msg["Subject"] = composed.subject
+        if "=?" in composed.subject:  # it may hold a reader's name: never decoded into headers
+            msg.set_raw("Subject", literal_text("Subject", composed.subject))
+        else:
+            msg["Subject"] = composed.subject
         msg["Date"] = format_datetime(now)
         msg["Message-ID"] = r.message_id(recipient.delivery_id)
         if composed.unsubscribe_url:

@@ -82,6 +82,19 @@ def literal_words(text: str) -> list[str]:
     return [f"=?utf-8?b?{base64.b64encode(chunk).decode('ascii')}?=" for chunk in chunks]
 
 
+def _fold_words(field: str, tokens: list[str]) -> str:
+    """Tokens joined by spaces, folded so no line is longer than 78 characters where it can be."""
+    lines: list[str] = []
+    line = ""
+    for token in tokens:
+        if line and len(field) + 2 + len(line) + 1 + len(token) > 78:
+            lines.append(line)
+            line = ""
+        line = f"{line} {token}" if line else token
+    lines.append(line)
+    return "\r\n ".join(lines)
+
+
 def literal_mailbox(name: str, address: str) -> str:
     """The value of `To:` for a name that contains `=?`, folded within 78 characters a line.
 
@@ -90,15 +103,22 @@ def literal_mailbox(name: str, address: str) -> str:
     typed `=?utf-8?q?x=0D=0ABcc:_x@y.z?=` would be shown CR LF and a Bcc line, or break the
     page that lists the mail. As an encoded word itself, its decoding is the literal text.
     The email package has no way to write it so: both paths write this value as given."""
-    lines: list[str] = []
-    line = ""
-    for token in [*literal_words(name), f"<{address}>"]:
-        if line and len("To: ") + len(line) + 1 + len(token) > 78:
-            lines.append(line)
-            line = ""
-        line = f"{line} {token}" if line else token
-    lines.append(line)
-    return "\r\n ".join(lines)
+    return _fold_words("To", [*literal_words(name), f"<{address}>"])
+
+
+def literal_text(field: str, text: str) -> str:
+    """The value of an unstructured header (Subject) that contains `=?`, as encoded words of
+    its literal text. A subject template that names the reader would otherwise let their name
+    decode into CR LF and write a header of its own (the email package re-folds what it
+    decoded as it stands)."""
+    return _fold_words(field, literal_words(text))
+
+
+def subject_header(subject: str) -> bytes:
+    """`Subject:` as the email package writes it, or as literal words when it contains `=?`."""
+    if "=?" in subject:
+        return f"Subject: {literal_text('Subject', subject)}\r\n".encode("ascii")
+    return _fold("Subject", subject)
 
 
 def _mailbox(name: str, address: str) -> bytes:
@@ -137,7 +157,7 @@ class Skeleton:
         self, template: MailTemplate, recipient: Recipient, composed: Composed, now: datetime
     ) -> bytes:
         if self._subject[0] != composed.subject:  # the same for every reader unless it names them
-            self._subject = (composed.subject, _fold("Subject", composed.subject))
+            self._subject = (composed.subject, subject_header(composed.subject))
         if self._date[0] != now:
             self._date = (now, f"Date: {format_datetime(now)}\r\n".encode("ascii"))
         parts = [

@@ -6,6 +6,7 @@ from __future__ import annotations
 import email
 import email.policy
 from email.header import decode_header, make_header
+from pathlib import Path
 
 import pytest
 
@@ -64,3 +65,22 @@ def test_literal_words_stay_within_rfc_2047_and_split_no_character() -> None:
         words = literal_words(text)
         assert all(len(word) <= 75 for word in words)
         assert "".join(str(make_header(decode_header(word))) for word in words) == text
+
+
+@sqlite_only
+@pytest.mark.parametrize("name", NAMES)
+def test_a_subject_that_names_the_reader_gains_no_header(home: Path, runtime: Runtime, name: str) -> None:
+    """A subject template with `{{ name }}`: the name reads back as typed and adds no Bcc line."""
+    folder = home / "templates" / "mail" / "web-business" / "lesson-1"
+    (folder / "subject.txt").write_text("{{ name }}さん、第1回です\n", encoding="utf-8")
+    sequence = runtime.catalog().get("web-business")
+    assert sequence is not None
+    step = sequence.step("lesson-1")
+    assert step is not None
+    template = runtime.renderer.step(sequence, step)
+    reader = Recipient(1, 11, "taro@example.com", name)
+    fast = template.render(reader, NOW)
+    assert_same_mail(fast, template.message(reader, NOW).as_bytes())
+    mail = email.message_from_bytes(fast, policy=email.policy.default)
+    assert str(mail["Subject"]) == f"{name}さん、第1回です"
+    assert "Bcc" not in mail
