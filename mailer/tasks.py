@@ -8,6 +8,8 @@ long ETA is redelivered after the visibility timeout); delays live in the ledger
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Callable
 
 from celery import Celery, signals
 from sqlalchemy.exc import OperationalError
@@ -20,6 +22,7 @@ log = logging.getLogger(__name__)
 app = Celery("mailer")
 VISIBILITY_TIMEOUT = 3600
 WAKE_EXPIRES = 300  # a wake-up nobody took within this is stale: the next tick sends another
+WAKE_COALESCE = 0.05  # seconds: the wake-ups of a burst become one message
 _runtime: Runtime | None = None
 
 
@@ -60,7 +63,7 @@ def configure(runtime: Runtime) -> Celery:
         # (on one host or many) have nothing to share or corrupt.
         beat_scheduler="celery.beat:Scheduler",
     )
-    runtime.wake = wake
+    runtime.wake = Coalesced(wake)
     signals.worker_shutdown.connect(_close_runtime, weak=False, dispatch_uid="mailer.close_runtime")
     return app
 
@@ -75,6 +78,31 @@ def runtime() -> Runtime:
         configure(Runtime(Settings(), sending=True))
     assert _runtime is not None
     return _runtime
+
+
+class Coalesced:
+    """Wake-ups are hints: a burst of them (a rush of sign-ups) becomes one broker message, sent
+    `delay` after the first of them, off the request's thread. Each wake-up is called after its
+    transaction committed, so the one message, published later, covers every row of the burst."""
+
+    def __init__(self, publish: Callable[[], None], delay: float = WAKE_COALESCE) -> None:
+        self.publish = publish
+        self.delay = delay
+        self._lock = threading.Lock()
+        self._timer: threading.Timer | None = None
+
+    def __call__(self) -> None:
+        with self._lock:
+            if self._timer is not None:
+                return  # the message on its way covers this one too
+            self._timer = threading.Timer(self.delay, self._fire)
+            self._timer.daemon = True  # lost at exit: the next tick finds the rows anyway
+            self._timer.start()
+
+    def _fire(self) -> None:
+        with self._lock:
+            self._timer = None
+        self.publish()
 
 
 def wake() -> None:
