@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import email
 import email.policy
+import logging
 import shutil
 import threading
 import time
@@ -21,6 +22,7 @@ import uvicorn
 from aiosmtpd.controller import Controller
 
 from mailer.config import Settings
+from mailer.logs import MaskAddresses
 from mailer.runtime import Runtime
 from tests.services import (
     PostgresServer,
@@ -267,3 +269,40 @@ def live(runtime: Runtime) -> Iterator[str]:
     port = int(runtime.settings.base_url.rsplit(":", 1)[1])
     with serve(create_app(runtime), port) as url:
         yield url
+
+
+# --- Logs -------------------------------------------------------------------------------------
+
+
+class LogLines(logging.Handler):
+    """A handler like the one `logs.configure` installs (the masking filter, then a formatter),
+    keeping what the engine and the server log while a test runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.addFilter(MaskAddresses())
+        self.setFormatter(logging.Formatter("%(levelname)s %(name)s %(message)s"))
+        self.records: list[logging.LogRecord] = []
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+        self.lines.append(self.format(record))
+
+    def named(self, prefix: str) -> list[str]:
+        """The messages that start with `prefix` (an event name such as `web.error`)."""
+        return [r.getMessage() for r in self.records if r.getMessage().startswith(prefix)]
+
+
+@pytest.fixture
+def logged() -> Iterator[LogLines]:
+    """What the engine (`mailer.*`) and uvicorn's error log write during the test."""
+    handler = LogLines()
+    loggers = [logging.getLogger("mailer"), logging.getLogger("uvicorn.error")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)

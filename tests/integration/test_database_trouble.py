@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -17,7 +16,7 @@ from mailer.db import session_scope
 from mailer.models import Subscriber
 from mailer.runtime import PAGE_WAIT, Runtime
 from mailer.web.app import create_app
-from tests.conftest import Clock, Sink, make_settings, serve
+from tests.conftest import Clock, LogLines, Sink, make_settings, serve
 from tests.services import PostgresServer
 
 sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -27,33 +26,6 @@ BUSY_TITLE = "ただいま混み合っています"
 BUSY_BODY = "少し時間をおいてもう一度お試しください。"
 HEALTH_DOWN = {"status": "unavailable", "database": "down", "broker": "ok"}
 HEALTH_OK = {"status": "ok", "database": "ok", "broker": "ok"}
-
-
-class Records(logging.Handler):
-    """Every record the engine and the server log while a test runs."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-    def named(self, prefix: str) -> list[str]:
-        return [r.getMessage() for r in self.records if r.getMessage().startswith(prefix)]
-
-
-@pytest.fixture
-def logged() -> Iterator[Records]:
-    handler = Records()
-    loggers = [logging.getLogger("mailer"), logging.getLogger("uvicorn.error")]
-    for logger in loggers:
-        logger.addHandler(handler)
-    try:
-        yield handler
-    finally:
-        for logger in loggers:
-            logger.removeHandler(handler)
 
 
 def sign_up(live: str, email: str) -> httpx.Response:
@@ -75,7 +47,7 @@ def assert_try_again_page(response: httpx.Response) -> None:
     assert "Traceback" not in response.text
 
 
-def assert_logged_as_an_outage(logged: Records, reason: str) -> None:
+def assert_logged_as_an_outage(logged: LogLines, reason: str) -> None:
     """One warning per failed request naming the route and the error; no traceback, no address."""
     [line] = logged.named("web.unavailable")
     assert "route=/subscribe" in line
@@ -100,7 +72,7 @@ def sqlite_write_lock(rt: Runtime) -> Iterator[None]:
 
 @sqlite_only
 def test_locked_sqlite_answers_try_again_then_the_same_sign_up_succeeds(
-    runtime: Runtime, live: str, logged: Records
+    runtime: Runtime, live: str, logged: LogLines
 ) -> None:
     """A sign-up on a locked SQLite waits a few seconds, answers the 503 "try again" page, and goes through once the lock is gone."""
     with sqlite_write_lock(runtime):
@@ -127,7 +99,7 @@ def test_locked_sqlite_answers_try_again_then_the_same_sign_up_succeeds(
 
 @sqlite_only
 def test_read_only_sqlite_file_answers_try_again_and_health_says_down(
-    runtime: Runtime, home: Path, sink: Sink, clock: Clock, logged: Records
+    runtime: Runtime, home: Path, sink: Sink, clock: Clock, logged: LogLines
 ) -> None:
     """On a SQLite file that can only be read, a sign-up is the 503 "try again" page and /healthz says the database is down."""
     # Root writes through any file mode (tests run as root), so the file is opened read-only.
@@ -162,7 +134,7 @@ def read_only(postgres: PostgresServer, rt: Runtime, *, on: bool) -> None:
 
 @postgres_only
 def test_read_only_postgresql_answers_try_again_and_health_says_down(
-    runtime: Runtime, live: str, postgres: PostgresServer, logged: Records
+    runtime: Runtime, live: str, postgres: PostgresServer, logged: LogLines
 ) -> None:
     """With default_transaction_read_only on, a sign-up is the 503 "try again" page and /healthz says the database is down."""
     read_only(postgres, runtime, on=True)
@@ -210,7 +182,7 @@ def test_api_answers_json_503_unavailable_when_postgresql_is_read_only(
 
 @postgres_only
 def test_stopped_postgresql_answers_try_again_and_health_says_down(
-    runtime: Runtime, live: str, postgres: PostgresServer, logged: Records
+    runtime: Runtime, live: str, postgres: PostgresServer, logged: LogLines
 ) -> None:
     """With PostgreSQL stopped, a sign-up is the 503 "try again" page and /healthz says down; after a restart it goes through."""
     postgres.stop()

@@ -2,45 +2,11 @@
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterator
-
 import httpx
-import pytest
 from sqlalchemy import text
 
-from mailer.logs import MaskAddresses
 from mailer.runtime import Runtime
-from tests.conftest import serve
-
-
-class Collect(logging.Handler):
-    """A handler like the one `logs.configure` installs: the masking filter, then a formatter."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.addFilter(MaskAddresses())
-        self.setFormatter(logging.Formatter("%(levelname)s %(name)s %(message)s"))
-        self.records: list[logging.LogRecord] = []
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-        self.lines.append(self.format(record))
-
-
-@pytest.fixture
-def logged() -> Iterator[Collect]:
-    """What the web layer and the server log, as a masked handler writes it."""
-    handler = Collect()
-    loggers = [logging.getLogger("mailer.web"), logging.getLogger("uvicorn.error")]
-    for logger in loggers:
-        logger.addHandler(handler)
-    try:
-        yield handler
-    finally:
-        for logger in loggers:
-            logger.removeHandler(handler)
+from tests.conftest import LogLines, serve
 
 
 def test_wrong_method_on_a_page_is_405_with_allow_and_a_page(live: str) -> None:
@@ -70,7 +36,7 @@ def test_unknown_page_stays_an_html_404(live: str) -> None:
     assert "ページが見つかりません" in response.text
 
 
-def test_api_validation_errors_and_failures_are_json(runtime: Runtime, logged: Collect) -> None:
+def test_api_validation_errors_and_failures_are_json(runtime: Runtime, logged: LogLines) -> None:
     """Under /api/ a bad parameter is a 422 `invalid` and a failure a 500 `internal` with a neutral message."""
     from mailer.web.app import create_app
 
@@ -96,7 +62,7 @@ def test_api_validation_errors_and_failures_are_json(runtime: Runtime, logged: C
 
 
 def test_failure_is_logged_with_its_traceback_and_no_address(
-    runtime: Runtime, live: str, logged: Collect
+    runtime: Runtime, live: str, logged: LogLines
 ) -> None:
     """A sign-up the database fails is a neutral 500 page, logged once with the traceback, addresses masked."""
     with runtime.engine.begin() as connection:  # the store breaks under the running server
