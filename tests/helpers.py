@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from datetime import datetime, timedelta
 from email.message import EmailMessage
 from email.utils import parsedate_to_datetime
@@ -18,6 +21,7 @@ from mailer.models import Delivery, Subscriber
 from mailer.runtime import Runtime
 from mailer.subscribers import signup
 from mailer.subscribers.addresses import Refusal
+from tests.conftest import SECRET
 
 
 class Inbox(Protocol):
@@ -145,3 +149,34 @@ def ledger(rt: Runtime, subscriber_id: int) -> dict[str | None, str]:
             )
         ).all()
     return dict(rows)
+
+
+def run_mailer(
+    home: Path,
+    *args: str,
+    db: str | None = None,
+    smtp: str = "maildir:./outbox",
+    columns: int | None = 200,
+    timeout: float = 60,
+) -> subprocess.CompletedProcess[str]:
+    """`mailer ARGS` as an operator runs it from `home`, output piped; `columns=None` leaves the
+    width to the command, as a shell pipe does."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_") and k != "COLUMNS"}
+    env |= {
+        "MAILER_HOME": str(home),
+        "MAILER_DATABASE_URL": db or f"sqlite:///{home / 'mailer.db'}",
+        "MAILER_SMTP_URL": smtp,
+        "MAILER_SECRET_KEY": SECRET,
+        "NO_COLOR": "1",
+    }
+    if columns is not None:
+        env["COLUMNS"] = str(columns)
+    return subprocess.run(
+        [sys.executable, "-m", "mailer", *args],
+        cwd=home,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )

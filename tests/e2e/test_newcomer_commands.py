@@ -14,22 +14,8 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import SECRET
+from tests.helpers import run_mailer
 from tests.services import free_port
-
-
-def run_mailer(home: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """`mailer ARGS` as a shell pipes it: no terminal, no COLUMNS, the site in `home`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_") and k != "COLUMNS"}
-    env |= {"MAILER_SECRET_KEY": SECRET, "NO_COLOR": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "mailer", *args],
-        cwd=home,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 def test_mailer_run_on_a_taken_port_fails_before_anything_starts(home: Path) -> None:
@@ -37,7 +23,7 @@ def test_mailer_run_on_a_taken_port_fails_before_anything_starts(home: Path) -> 
     port = free_port()
     with socket.create_server(("127.0.0.1", port)):
         started = time.monotonic()
-        result = run_mailer(home, "run", "--port", str(port))
+        result = run_mailer(home, "run", "--port", str(port), columns=None)
     assert result.returncode == 1
     assert time.monotonic() - started < 15
     lines = result.stderr.strip().splitlines()
@@ -86,13 +72,13 @@ def test_piped_output_keeps_each_line_whole(home: Path) -> None:
     step.write_text(
         "{{ a_variable_name_long_enough_to_push_the_line_past_eighty_columns }}", encoding="utf-8"
     )
-    result = run_mailer(home, "sequences", "check")
+    result = run_mailer(home, "sequences", "check", columns=None)
     assert result.returncode == 1
     [line] = [line for line in result.stderr.splitlines() if "lesson-1" in line]
     assert len(line) > 80
     assert "a_variable_name_long_enough_to_push_the_line_past_eighty_columns" in line
 
-    preview = run_mailer(home, "sequences", "preview", "web-business", "welcome")
+    preview = run_mailer(home, "sequences", "preview", "web-business", "welcome", columns=None)
     assert preview.returncode == 0, preview.stderr
     disclaimer = tomllib.loads((home / "mailer.toml").read_text(encoding="utf-8"))["sender"]["disclaimer"]
     assert len(disclaimer) * 2 > 80, "the disclaimer fits in 80 columns: the check would prove nothing"

@@ -3,42 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import SECRET, Sink
-from tests.helpers import step_subjects
-
-
-def mailer(
-    home: Path, *args: str, db: str | None = None, smtp: str = "maildir:./outbox"
-) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")} | {
-        "MAILER_HOME": str(home),
-        "MAILER_DATABASE_URL": db or f"sqlite:///{home / 'mailer.db'}",
-        "MAILER_SMTP_URL": smtp,
-        "MAILER_SECRET_KEY": SECRET,
-        "NO_COLOR": "1",
-        "COLUMNS": "200",
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "mailer", *args],
-        cwd=home,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+from tests.helpers import run_mailer, step_subjects
 
 
 def test_sequences_check_passes_on_the_example(home: Path) -> None:
     """The repository's example seminar and site pass the operator's check."""
-    result = mailer(home, "sequences", "check")
+    result = run_mailer(home, "sequences", "check")
     assert result.returncode == 0, result.stderr
     assert "ok: 2 seminars, 7 steps" in result.stdout
 
@@ -65,7 +40,7 @@ def test_a_broken_seminar_file_is_named_with_line_and_step(home: Path, edit, exp
     """A broken file fails the check with the file, the line, the step and what is wrong; no traceback."""
     path = home / "sequences" / "web-business.toml"
     path.write_text(edit(path.read_text(encoding="utf-8")), encoding="utf-8")
-    result = mailer(home, "sequences", "check")
+    result = run_mailer(home, "sequences", "check")
     assert result.returncode == 1
     assert "web-business.toml" in result.stderr
     assert expected in result.stderr
@@ -77,7 +52,7 @@ def test_a_template_error_is_named(home: Path) -> None:
     body = home / "templates" / "mail" / "web-business" / "lesson-2" / "body.txt"
     body.write_text("{{ nmae }}さん", encoding="utf-8")
     (home / "templates" / "mail" / "web-business" / "lesson-4" / "subject.txt").unlink()
-    result = mailer(home, "sequences", "check")
+    result = run_mailer(home, "sequences", "check")
     assert result.returncode == 1
     assert "step 'lesson-2'" in result.stderr
     assert "'nmae' is undefined" in result.stderr
@@ -93,7 +68,7 @@ def test_a_layout_without_the_legal_footer_fails_the_check(home: Path) -> None:
         text.replace("{{ site.sender.postal_address }}", "").replace("{{ unsubscribe_url }}", ""),
         encoding="utf-8",
     )
-    result = mailer(home, "sequences", "check")
+    result = run_mailer(home, "sequences", "check")
     assert result.returncode == 1
     assert "the footer lacks the postal address in the text part" in result.stderr
     assert "the footer lacks the unsubscribe link in the text part" in result.stderr
@@ -110,7 +85,7 @@ def test_site_without_sender_identity_is_refused(home: Path) -> None:
         ),
         encoding="utf-8",
     )
-    result = mailer(home, "sequences", "check")
+    result = run_mailer(home, "sequences", "check")
     assert result.returncode == 1
     assert "[sender] lacks postal_address" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
@@ -123,7 +98,7 @@ def test_a_wrong_value_in_the_site_file_is_one_line(home: Path, command: tuple[s
     site.write_text(
         site.read_text(encoding="utf-8").replace("batch_size = 200", 'batch_size = "many"'), encoding="utf-8"
     )
-    result = mailer(home, *command)
+    result = run_mailer(home, *command)
     assert result.returncode == 1
     assert result.stderr.strip() == (
         f"error: {site}: delivery.batch_size: expected a whole number, got 'many'"
@@ -133,7 +108,7 @@ def test_a_wrong_value_in_the_site_file_is_one_line(home: Path, command: tuple[s
 
 def test_preview_renders_a_step_for_a_sample_subscriber(home: Path, tmp_path: Path) -> None:
     """Preview prints the subject and the text in its layout, or writes the HTML to a file."""
-    result = mailer(home, "sequences", "preview", "web-business", "lesson-2")
+    result = run_mailer(home, "sequences", "preview", "web-business", "lesson-2")
     assert result.returncode == 0, result.stderr
     subject = next(s for s, step in step_subjects(home).items() if step == "lesson-2")
     assert f"Subject: {subject}" in result.stdout
@@ -141,10 +116,11 @@ def test_preview_renders_a_step_for_a_sample_subscriber(home: Path, tmp_path: Pa
     assert "〒150-0001" in result.stdout
     out = tmp_path / "preview.html"
     assert (
-        mailer(home, "sequences", "preview", "web-business", "lesson-2", "--html", str(out)).returncode == 0
+        run_mailer(home, "sequences", "preview", "web-business", "lesson-2", "--html", str(out)).returncode
+        == 0
     )
     assert "<!DOCTYPE html>" in out.read_text(encoding="utf-8")
-    missing = mailer(home, "sequences", "preview", "web-business", "nope")
+    missing = run_mailer(home, "sequences", "preview", "web-business", "nope")
     assert missing.returncode == 1
     assert "has no step 'nope'" in missing.stderr
 
@@ -160,18 +136,18 @@ def test_tick_and_stats(home: Path, sink: Sink) -> None:
     rt.upgrade_db()
     join(rt, sink, "cli@example.com", at("2026-12-01 10:00"))
     rt.close()
-    result = mailer(home, "tick", "--now", "2026-12-02T09:00:00+09:00", db=db, smtp=sink.url)
+    result = run_mailer(home, "tick", "--now", "2026-12-02T09:00:00+09:00", db=db, smtp=sink.url)
     assert result.returncode == 0, result.stderr
     assert "planned 1, sent 1" in result.stdout
     assert [step_subjects(home).get(str(m["Subject"])) for m in sink.to("cli@example.com")][-1] == "lesson-1"
-    stats = json.loads(mailer(home, "stats", "--json", db=db).stdout)
+    stats = json.loads(run_mailer(home, "stats", "--json", db=db).stdout)
     assert stats["subscribers"] == {"confirmed": 1}
     assert stats["enrolments"] == [
         {"sequence": "web-business", "state": "active", "next_step": "lesson-2", "count": 1}
     ]
     sent = {(d["kind"], d["step"]): d["count"] for d in stats["deliveries"] if d["state"] == "sent"}
     assert sent == {("confirm", None): 1, ("step", "welcome"): 1, ("step", "lesson-1"): 1}
-    table = mailer(home, "stats", db=db)
+    table = run_mailer(home, "stats", db=db)
     assert table.returncode == 0
     assert "lesson-1" in table.stdout
 
@@ -186,7 +162,7 @@ def test_tick_and_stats(home: Path, sink: Sink) -> None:
 )
 def test_bad_arguments_give_one_clear_line(home: Path, args: tuple[str, ...], expected: str) -> None:
     """Wrong input exits non-zero with one line saying what is wrong, never a traceback."""
-    result = mailer(home, *args)
+    result = run_mailer(home, *args)
     assert result.returncode == 1
     assert expected in result.stderr
     assert "Traceback" not in result.stderr
@@ -194,10 +170,10 @@ def test_bad_arguments_give_one_clear_line(home: Path, args: tuple[str, ...], ex
 
 def test_bad_environment_is_one_clear_line(home: Path) -> None:
     """A malformed SMTP URL or an unreachable database is reported in one line, no traceback."""
-    result = mailer(home, "tick", smtp="http://nope")
+    result = run_mailer(home, "tick", smtp="http://nope")
     assert result.returncode == 1
     assert "MAILER_SMTP_URL" in result.stderr
-    result = mailer(home, "db", "upgrade", db="postgresql+psycopg://nobody@127.0.0.1:1/none")
+    result = run_mailer(home, "db", "upgrade", db="postgresql+psycopg://nobody@127.0.0.1:1/none")
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
@@ -205,8 +181,8 @@ def test_bad_environment_is_one_clear_line(home: Path) -> None:
 
 def test_every_command_has_help(home: Path) -> None:
     """`mailer --help` lists the commands and each has its own --help."""
-    top = mailer(home, "--help")
+    top = run_mailer(home, "--help")
     assert top.returncode == 0
     for command in ("run", "web", "worker", "beat", "db", "sequences", "tick", "stats"):
         assert command in top.stdout
-        assert mailer(home, command, "--help").returncode == 0
+        assert run_mailer(home, command, "--help").returncode == 0
