@@ -1,19 +1,12 @@
-"""What a newcomer hit at the command line: a taken port, files left behind, output cut at 80."""
+"""What a newcomer hit at the command line: a taken port, output cut at 80 columns."""
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
-import subprocess
-import sys
 import time
 import tomllib
 from pathlib import Path
 
-import httpx
-
-from tests.conftest import SECRET
 from tests.helpers import run_mailer
 from tests.services import free_port
 
@@ -31,38 +24,6 @@ def test_mailer_run_on_a_taken_port_fails_before_anything_starts(home: Path) -> 
     assert f"cannot listen on 127.0.0.1:{port}" in lines[0]
     assert "Traceback" not in result.stderr + result.stdout
     assert not (home / "mailer.db").exists(), "the database was touched before the port was checked"
-
-
-def test_mailer_run_leaves_no_schedule_file_behind(home: Path) -> None:
-    """The embedded scheduler keeps its schedule in memory: no celerybeat-schedule file appears."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")} | {"MAILER_SECRET_KEY": SECRET}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mailer", "run", "--port", str(port)],
-        cwd=home,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while not _healthy(port):
-            assert proc.poll() is None, "mailer run stopped"
-            assert time.monotonic() < deadline, "mailer run did not start"
-            time.sleep(0.2)
-        time.sleep(2)  # beat has ticked by now (every 5 s, the first at start)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(20) == 0
-    assert (home / "mailer.db").exists(), "it did not run: the check would prove nothing"
-    assert sorted(p.name for p in home.glob("celerybeat-schedule*")) == []
-
-
-def _healthy(port: int) -> bool:
-    try:
-        return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
-    except httpx.TransportError:
-        return False
 
 
 def test_piped_output_keeps_each_line_whole(home: Path) -> None:

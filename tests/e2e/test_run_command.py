@@ -113,3 +113,11 @@ def test_sigterm_stops_everything_cleanly(running: Running) -> None:
     running.proc.send_signal(signal.SIGTERM)
     assert running.proc.wait(20) == 0
     assert "Traceback" not in running.output()
+
+
+def test_the_embedded_scheduler_leaves_no_schedule_file(running: Running) -> None:
+    """Beat keeps its schedule in memory: after a run, no celerybeat-schedule file is left behind."""
+    time.sleep(2)  # beat has sent its first ticks
+    running.proc.send_signal(signal.SIGTERM)
+    assert running.proc.wait(20) == 0
+    assert sorted(p.name for p in running.home.glob("celerybeat-schedule*")) == []
