@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -35,6 +36,10 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+LOCK_WAIT = "mailer.lock_wait"  # Connection.info: seconds this connection waits for the writer lock
+_HOLDS_WRITER = "mailer.holds_writer"
+
+
 def make_engine(url: str, *, pre_ping: bool = True, wait: float = 30.0, **kwargs: Any) -> Engine:
     """pre_ping tests each pooled connection before use (a round trip): pages need it, so that a
     restarted PostgreSQL never shows as an error; workers skip it and retry what fails instead.
@@ -58,9 +63,29 @@ def make_engine(url: str, *, pre_ping: bool = True, wait: float = 30.0, **kwargs
             dbapi_cursor.execute("PRAGMA foreign_keys=ON")
             dbapi_cursor.close()
 
+        # SQLite has one writer at a time, and a writer waiting for another polls: its busy handler
+        # sleeps 1, 2, 5 … up to 100 ms between tries, so under a rush of sign-ups some wait
+        # seconds for a lock free most of that time. Within one process the threads (a server's,
+        # the embedded worker's) queue on this lock instead and are woken the moment it is free;
+        # other processes still meet SQLite's own lock.
+        writer = threading.Lock()
+
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            if writer.acquire(timeout=conn.info.get(LOCK_WAIT, wait)):
+                conn.info[_HOLDS_WRITER] = True
+            # else: a transaction of this process held it past the wait; SQLite decides.
+            try:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            except BaseException:
+                _sqlite_end(conn)
+                raise
+
+        @event.listens_for(engine, "commit")
+        @event.listens_for(engine, "rollback")
+        def _sqlite_end(conn: Any) -> None:
+            if conn.info.pop(_HOLDS_WRITER, False):
+                writer.release()
 
         return engine
     return create_engine(url, pool_pre_ping=pre_ping, **kwargs)
@@ -111,6 +136,7 @@ def writable(engine: Engine, *, wait: float) -> bool:
             # timeout is the connection's own, lowered for this check and put back after.
             raw = connection.connection.driver_connection
             assert raw is not None  # a checked-out connection has one
+            connection.info[LOCK_WAIT] = wait
             before = int(raw.execute("PRAGMA busy_timeout").fetchone()[0])
             raw.execute(f"PRAGMA busy_timeout = {int(wait * 1000)}")
             try:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 from enum import StrEnum
+from functools import cache
 from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, func, select, update
@@ -65,25 +66,32 @@ def add(
     session: Session, *, kind: Kind, subscriber_id: int, due: datetime, now: datetime, **keys: object
 ) -> int | None:
     """Add one pending row unless its uniqueness rule already has one; the new id, or None."""
-    result = session.execute(
-        _insert(session)(Delivery)
-        .values(
-            kind=kind,
-            subscriber_id=subscriber_id,
-            state=State.PENDING,
-            due_at=due,
-            available_at=due,
-            attempts=0,
-            created_at=now,
-            **keys,
-        )
-        .on_conflict_do_nothing()
-        .returning(Delivery.id)
-    )
-    added = result.scalar_one_or_none()
+    values = {
+        "kind": kind.value,
+        "subscriber_id": subscriber_id,
+        "state": _PENDING,
+        "due_at": due,
+        "available_at": due,
+        "attempts": 0,
+        "created_at": now,
+        **keys,
+    }
+    added = session.connection().execute(_add_one(session), values).scalar_one_or_none()
     if added is not None:
         _queued(session, due, now)
     return added
+
+
+@cache
+def _add_one_for(dialect: str) -> Any:
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return insert(_DELIVERIES).on_conflict_do_nothing().returning(_DELIVERIES.c.id)
+
+
+def _add_one(session: Session) -> Any:
+    # Built once per dialect: a sign-up adds one row, and building the statement cost more than
+    # running it.
+    return _add_one_for(session.get_bind().dialect.name)
 
 
 def step_row(
@@ -143,21 +151,27 @@ def claim(session: Session, *, now: datetime, limit: int, worker: str, lease: ti
     The row stays claimed until `now + lease`; after that another worker may take it again, which
     is how a crashed worker's rows are recovered.
     """
-    due = store.skip_locked(
-        session,
-        select(Delivery.id)
-        .where(Delivery.state.in_(OPEN), Delivery.available_at <= now)
-        .order_by(Delivery.available_at)
-        .limit(limit),
-    )
-    claimed = session.execute(
-        update(Delivery)
-        .where(Delivery.id.in_(due.scalar_subquery()))
-        .values(state=State.SENDING, claimed_by=worker, available_at=now + lease)
-        .returning(Delivery.id),
-        execution_options={"synchronize_session": False},
-    )
+    params = {"now": now, "limit": limit, "worker": worker, "until": now + lease}
+    claimed = session.connection().execute(_claim_for(session.get_bind().dialect.name), params)
     return sorted(claimed.scalars())
+
+
+@cache
+def _claim_for(dialect: str) -> Any:
+    # Built once per dialect: a rush of sign-ups claims a few rows many times a second.
+    due = store.skip_locked_on(
+        dialect,
+        select(_DELIVERIES.c.id)
+        .where(_DELIVERIES.c.state.in_(OPEN), _DELIVERIES.c.available_at <= bindparam("now"))
+        .order_by(_DELIVERIES.c.available_at)
+        .limit(bindparam("limit")),
+    )
+    return (
+        update(_DELIVERIES)
+        .where(_DELIVERIES.c.id.in_(due.scalar_subquery()))
+        .values(state=State.SENDING, claimed_by=bindparam("worker"), available_at=bindparam("until"))
+        .returning(_DELIVERIES.c.id)
+    )
 
 
 # The send path's statements, built once: they run for every group of `commit_every` mails.

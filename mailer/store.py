@@ -12,9 +12,13 @@ from mailer.models import Enrolment, Subscriber
 
 
 def skip_locked(session: Session, query: Select[Any]) -> Select[Any]:
+    return skip_locked_on(session.get_bind().dialect.name, query)
+
+
+def skip_locked_on(dialect: str, query: Select[Any]) -> Select[Any]:
     # PostgreSQL: workers on many machines each take rows nobody else holds. SQLite has one
     # writer at a time (BEGIN IMMEDIATE), which serialises claims by itself.
-    if session.get_bind().dialect.name == "postgresql":
+    if dialect == "postgresql":
         return query.with_for_update(skip_locked=True)
     return query
 

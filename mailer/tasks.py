@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from celery import Celery, signals
 from sqlalchemy.exc import OperationalError
 
+from mailer.background import Background
 from mailer.config import Settings
 from mailer.runtime import Runtime
 
@@ -22,12 +24,14 @@ log = logging.getLogger(__name__)
 app = Celery("mailer")
 VISIBILITY_TIMEOUT = 3600
 WAKE_EXPIRES = 300  # a wake-up nobody took within this is stale: the next tick sends another
-WAKE_COALESCE = 0.05  # seconds: the wake-ups of a burst become one message
+WAKE_COALESCE = 0.2  # seconds: a burst of wake-ups becomes one (a pass over the ledger costs ms)
 _runtime: Runtime | None = None
 
 
-def configure(runtime: Runtime) -> Celery:
-    """Point the app at this process's runtime and broker; returns the app."""
+def configure(runtime: Runtime, *, worker_here: bool = False) -> Celery:
+    """Point the app at this process's runtime and broker; returns the app. `worker_here`: this
+    process runs its own worker (`mailer run`), so a wake-up sends on its own thread at once
+    instead of going through the broker to the worker next door."""
     global _runtime  # noqa: PLW0603 (a worker process has exactly one runtime; tasks reach it here)
     _runtime = runtime
     settings = runtime.settings
@@ -63,7 +67,7 @@ def configure(runtime: Runtime) -> Celery:
         # (on one host or many) have nothing to share or corrupt.
         beat_scheduler="celery.beat:Scheduler",
     )
-    runtime.wake = Coalesced(wake)
+    runtime.wake = Coalesced(deliver if worker_here else wake)
     signals.worker_shutdown.connect(_close_runtime, weak=False, dispatch_uid="mailer.close_runtime")
     return app
 
@@ -83,26 +87,33 @@ def runtime() -> Runtime:
 class Coalesced:
     """Wake-ups are hints: a burst of them (a rush of sign-ups) becomes one broker message, sent
     `delay` after the first of them, off the request's thread. Each wake-up is called after its
-    transaction committed, so the one message, published later, covers every row of the burst."""
+    transaction committed, so the one message, published later, covers every row of the burst.
+
+    One long-lived thread publishes: Celery keeps its producer and result backend per thread, and
+    building them again on a new thread for every message cost about 30 ms of CPU each time."""
 
     def __init__(self, publish: Callable[[], None], delay: float = WAKE_COALESCE) -> None:
         self.publish = publish
         self.delay = delay
-        self._lock = threading.Lock()
-        self._timer: threading.Timer | None = None
+        self._wanted = threading.Event()
+        # What it had not yet published at exit is lost: the next tick finds those rows anyway.
+        self._publisher = Background(self._run, "mailer-wake")
 
     def __call__(self) -> None:
-        with self._lock:
-            if self._timer is not None:
-                return  # the message on its way covers this one too
-            self._timer = threading.Timer(self.delay, self._fire)
-            self._timer.daemon = True  # lost at exit: the next tick finds the rows anyway
-            self._timer.start()
+        self._wanted.set()
+        self._publisher.ensure()
 
-    def _fire(self) -> None:
-        with self._lock:
-            self._timer = None
-        self.publish()
+    def _run(self) -> None:
+        while True:
+            self._wanted.wait()
+            time.sleep(self.delay)
+            # Cleared before publishing: a wake-up from here on asks for the next message.
+            self._wanted.clear()
+            try:
+                self.publish()
+            except Exception:
+                # Its thread must outlive a failure (the tick sends what a wake-up did not).
+                log.exception("wake.failed")
 
 
 def wake() -> None:

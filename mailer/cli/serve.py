@@ -46,7 +46,6 @@ def _serve(runtime: Runtime, host: str, port: int, workers: int = 1) -> None:
     from mailer import tasks
     from mailer.web.app import create_app
 
-    tasks.configure(runtime)
     uvicorn.run(create_app(runtime, broker_ok=tasks.broker_ok), **options)
 
 
@@ -82,7 +81,7 @@ def run(host: HostOption = "127.0.0.1", port: PortOption = 8000) -> None:
     _port_free(host, port)
     runtime = _serving_runtime(host, port)
     _prepare(runtime)
-    celery = tasks.configure(runtime)
+    celery = tasks.configure(runtime, worker_here=True)
     out.print(f"mailer: http://{host}:{port}/  (mail goes to {runtime.settings.smtp_url}; Ctrl-C stops)")
     if runtime.settings.smtp_url.startswith("maildir:"):
         out.print(f"mailer: read the mail written at http://{host}:{port}/outbox")
@@ -103,6 +102,10 @@ def web(
     _port_free(host, port)
     runtime = _serving_runtime(host, port)
     _prepare(runtime)
+    if workers == 1:  # else each worker process configures its own (web.app.from_environment)
+        from mailer import tasks
+
+        tasks.configure(runtime)
     _serve(runtime, host, port, workers)
 
 

@@ -135,8 +135,16 @@ class MailTemplate:
             self.body_html = None
         self.base_text = env.get_template("mail/_base/body.txt")
         self.base_html = env.get_template("mail/_base/body.html")
+        self._html_path = renderer.site.home / "templates" / folder / "body.html"
         self._shared: dict[tuple[tuple[str, Any], ...], Slotted | None] = {}
         self._skeleton: Skeleton | None = None
+
+    def up_to_date(self) -> bool:
+        """No template file it was built from has changed since (nor has a body.html appeared)."""
+        templates = (self.subject, self.body_text, self.body_html, self.base_text, self.base_html)
+        if not all(t.is_up_to_date for t in templates if t is not None):
+            return False
+        return self.body_html is not None or not self._html_path.exists()
 
     def values(self, recipient: Recipient, confirm_url: str | None = None) -> dict[str, str]:
         """The reader's own values, by slot."""
@@ -239,6 +247,10 @@ class Renderer:
         # Message-IDs are deterministic per delivery (a re-send carries the same one) and unique
         # to this installation, without revealing how many mails it has sent to whom.
         self._msgid_key = hashlib.sha256(secret_key.encode()).digest()
+        # Built once and kept while its seminar and its files stay as they were: building one
+        # (its shared rendering, its skeleton) costs milliseconds, and a rush of sign-ups sends
+        # many small batches of the same confirmation.
+        self._templates: dict[str, MailTemplate] = {}
 
     def message_id(self, delivery_id: int) -> str:
         """`<tag@domain>`, the tag a keyed hash of the delivery: the id itself stays out of sight."""
@@ -247,9 +259,16 @@ class Renderer:
         return f"<{mac.hexdigest()[:24]}@{self.site.sender.domain}>"
 
     def step(self, sequence: Sequence, step: Step) -> MailTemplate:
-        return MailTemplate(
-            self, f"mail/{sequence.id}/{step.id}", sequence=sequence, step=step, list_mail=True
-        )
+        return self._template(f"mail/{sequence.id}/{step.id}", sequence, step, list_mail=True)
 
     def confirm(self, sequence: Sequence) -> MailTemplate:
-        return MailTemplate(self, "mail/_confirm", sequence=sequence, step=None, list_mail=False)
+        return self._template(f"mail/_confirm:{sequence.id}", sequence, None, list_mail=False)
+
+    def _template(self, key: str, sequence: Sequence, step: Step | None, *, list_mail: bool) -> MailTemplate:
+        kept = self._templates.get(key)
+        # A reloaded catalog makes new Sequence objects: a template of the old one is rebuilt.
+        if kept is None or kept.sequence is not sequence or kept.step is not step or not kept.up_to_date():
+            folder = key.partition(":")[0]
+            kept = MailTemplate(self, folder, sequence=sequence, step=step, list_mail=list_mail)
+            self._templates[key] = kept
+        return kept

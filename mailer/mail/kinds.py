@@ -23,7 +23,7 @@ from mailer.seminars.sequences import Catalog
 
 @dataclass(frozen=True)
 class Go:
-    """Render the mail from `template` (built once per batch for each `key`) with `extra`."""
+    """Render the mail from `template` (fetched once per batch for each `key`) with `extra`."""
 
     key: tuple[str, ...]
     template: Callable[[], MailTemplate]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
 import tomllib
 from dataclasses import dataclass
@@ -231,10 +232,14 @@ class CatalogCache:
         self.errors: list[str] = []
 
     def _current_stamp(self) -> tuple[tuple[str, int, int], ...]:
-        return tuple(
-            (p.name, p.stat().st_mtime_ns, p.stat().st_size)
-            for p in sorted((self.home / "sequences").glob("*.toml"))
-        )
+        # Taken on every read (each sign-up, each batch sent): one scandir, no pathlib globbing.
+        stamps = []
+        with os.scandir(self.home / "sequences") as entries:
+            for entry in entries:
+                if entry.name.endswith(".toml") and entry.is_file():
+                    stat = entry.stat()
+                    stamps.append((entry.name, stat.st_mtime_ns, stat.st_size))
+        return tuple(sorted(stamps))
 
     def get(self) -> Catalog:
         stamp = self._current_stamp()

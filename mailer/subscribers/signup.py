@@ -9,17 +9,18 @@ import logging
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import cast
 
-from sqlalchemy import select
+from sqlalchemy import Connection, Row, Table, bindparam, func, select
 from sqlalchemy.orm import Session
 
-from mailer import ledger, store
+from mailer import ledger
 from mailer.config import Site
 from mailer.models import Consent, Enrolment, Subscriber
 from mailer.seminars import cursor, schedule
 from mailer.seminars.sequences import Catalog, Sequence
 from mailer.subscribers import suppression
-from mailer.subscribers.addresses import Refusal, check_address
+from mailer.subscribers.addresses import Address, Refusal, check_address
 from mailer.subscribers.tokens import ConfirmClaim, UnsubscribeClaim
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,44 @@ def check_name(raw: str) -> str | Refusal:
     return name
 
 
+# The sign-up's statements, built once: a rush of sign-ups runs them hundreds of times a second,
+# and building an ORM statement or flushing an object costs more than SQLite takes to run it.
+_SUBSCRIBERS = cast("Table", Subscriber.__table__)
+_ENROLMENTS = cast("Table", Enrolment.__table__)
+_FIND = (
+    select(
+        _SUBSCRIBERS.c.id,
+        _SUBSCRIBERS.c.state,
+        _ENROLMENTS.c.id.label("enrolment_id"),
+        _ENROLMENTS.c.state.label("enrolment_state"),
+        _ENROLMENTS.c.confirm_nonce,
+    )
+    .outerjoin(
+        _ENROLMENTS,
+        (_ENROLMENTS.c.subscriber_id == _SUBSCRIBERS.c.id)
+        & (_ENROLMENTS.c.sequence_id == bindparam("sequence_id")),
+    )
+    .where(_SUBSCRIBERS.c.email_key == bindparam("key"))
+)
+Found = Row[int, str, int | None, str | None, int | None]  # what _FIND reads
+_ADD_SUBSCRIBER = _SUBSCRIBERS.insert().returning(_SUBSCRIBERS.c.id)
+_RENEW_SUBSCRIBER = (
+    _SUBSCRIBERS.update()
+    .where(_SUBSCRIBERS.c.id == bindparam("subscriber_id"))
+    .values(
+        name=func.coalesce(func.nullif(bindparam("new_name"), ""), _SUBSCRIBERS.c.name),
+        timezone=func.coalesce(bindparam("new_timezone"), _SUBSCRIBERS.c.timezone),
+    )
+)
+_ADD_ENROLMENT = _ENROLMENTS.insert().returning(_ENROLMENTS.c.id)
+_RENEW_ENROLMENT = (
+    _ENROLMENTS.update()
+    .where(_ENROLMENTS.c.id == bindparam("enrolment_id"))
+    .values(state="pending", next_due_at=None, confirm_nonce=bindparam("nonce"))
+)
+_ADD_CONSENT = cast("Table", Consent.__table__).insert()
+
+
 def subscribe(
     session: Session, site: Site, catalog: Catalog, request: SignupRequest, now: datetime
 ) -> Accepted | Refusal:
@@ -74,67 +113,71 @@ def subscribe(
         return address
     timezone = request.timezone.strip() if schedule.is_zone(request.timezone.strip()) else None
 
-    subscriber = store.find_subscriber_by_key(session, address.key)
-    if subscriber is None:
-        subscriber = Subscriber(
-            email=address.email,
-            email_key=address.key,
-            name=name,
-            timezone=timezone,
-            state="pending",
-            created_at=now,
-        )
-        session.add(subscriber)
-        session.flush()
-    elif subscriber.state != "confirmed":
-        # Not yet theirs to keep: the latest sign-up's details win. A confirmed subscriber's
-        # details are never changed by a form anyone can fill in.
-        subscriber.name = name or subscriber.name
-        subscriber.timezone = timezone or subscriber.timezone
-
-    enrolment = session.scalars(
-        select(Enrolment).where(
-            Enrolment.subscriber_id == subscriber.id, Enrolment.sequence_id == sequence.id
-        )
-    ).first()
-    if subscriber.state == "confirmed" and enrolment is not None and enrolment.state == "active":
+    db = session.connection()
+    found = db.execute(_FIND, {"key": address.key, "sequence_id": sequence.id}).first()
+    if found is not None and found.state == "confirmed" and found.enrolment_state == "active":
         return Accepted(sequence, None)  # already reading it: nothing to send, same answer
-    if enrolment is None:
-        enrolment = Enrolment(
-            subscriber_id=subscriber.id, sequence_id=sequence.id, created_at=now, shift_days=0
-        )
-        session.add(enrolment)
-    enrolment.state = "pending"
-    enrolment.next_due_at = None
-    if enrolment.confirm_nonce is None:
-        enrolment.confirm_nonce = secrets.randbelow(2**31)
-    session.add(
-        Consent(
-            subscriber_id=subscriber.id,
-            sequence_id=sequence.id,
-            at=now,
-            source=request.source,
-            form_version=request.form_version,
-            client_ip=request.client_ip,
-        )
+    subscriber_id = _keep_subscriber(db, found, address, name, timezone, now)
+    enrolment_id = _keep_enrolment(db, found, subscriber_id, sequence, now)
+    db.execute(
+        _ADD_CONSENT,
+        {
+            "subscriber_id": subscriber_id,
+            "sequence_id": sequence.id,
+            "at": now,
+            "source": request.source,
+            "form_version": request.form_version,
+            "client_ip": request.client_ip,
+        },
     )
-    session.flush()
 
-    recent = ledger.count_recent(session, subscriber.id, ledger.Kind.CONFIRM, now - timedelta(days=1))
-    if recent >= site.signup.confirmations_per_day:
-        log.info("signup.confirmation_capped subscriber_id=%s", subscriber.id)
-        return Accepted(sequence, None)
+    if found is not None:  # a new address has had no confirmation yet
+        recent = ledger.count_recent(session, subscriber_id, ledger.Kind.CONFIRM, now - timedelta(days=1))
+        if recent >= site.signup.confirmations_per_day:
+            log.info("signup.confirmation_capped subscriber_id=%s", subscriber_id)
+            return Accepted(sequence, None)
     confirmation_id = ledger.add(
         session,
         kind=ledger.Kind.CONFIRM,
-        subscriber_id=subscriber.id,
+        subscriber_id=subscriber_id,
         due=now,
         now=now,
-        enrolment_id=enrolment.id,
+        enrolment_id=enrolment_id,
         sequence_id=sequence.id,
     )
-    log.info("signup.accepted subscriber_id=%s enrolment_id=%s", subscriber.id, enrolment.id)
+    log.info("signup.accepted subscriber_id=%s enrolment_id=%s", subscriber_id, enrolment_id)
     return Accepted(sequence, confirmation_id)
+
+
+def _keep_subscriber(
+    db: Connection, found: Found | None, address: Address, name: str, timezone: str | None, now: datetime
+) -> int:
+    """The subscriber's id: a new row for a new address."""
+    if found is None:
+        values: dict[str, object] = {"email": address.email, "email_key": address.key, "name": name}
+        values |= {"timezone": timezone, "state": "pending", "created_at": now}
+        subscriber_id: int = db.execute(_ADD_SUBSCRIBER, values).scalar_one()
+        return subscriber_id
+    if found.state != "confirmed":
+        # Not yet theirs to keep: the latest sign-up's details win. A confirmed subscriber's
+        # details are never changed by a form anyone can fill in.
+        db.execute(_RENEW_SUBSCRIBER, {"subscriber_id": found.id, "new_name": name, "new_timezone": timezone})
+    return int(found.id)
+
+
+def _keep_enrolment(
+    db: Connection, found: Found | None, subscriber_id: int, sequence: Sequence, now: datetime
+) -> int:
+    """The enrolment's id, pending again and with an open confirmation (its nonce kept if open)."""
+    if found is None or found.enrolment_id is None:
+        values: dict[str, object] = {"subscriber_id": subscriber_id, "sequence_id": sequence.id}
+        values["state"] = "pending"
+        values |= {"created_at": now, "shift_days": 0, "confirm_nonce": secrets.randbelow(2**31)}
+        enrolment_id: int = db.execute(_ADD_ENROLMENT, values).scalar_one()
+        return enrolment_id
+    nonce = found.confirm_nonce if found.confirm_nonce is not None else secrets.randbelow(2**31)
+    db.execute(_RENEW_ENROLMENT, {"enrolment_id": found.enrolment_id, "nonce": nonce})
+    return int(found.enrolment_id)
 
 
 @dataclass(frozen=True)

@@ -7,14 +7,13 @@ on the maildir transport only), and the site's static files (`/static/…`, from
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
-from fastapi import FastAPI, Request
-from fastapi.responses import Response
+from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mailer.i18n import translator
 from mailer.runtime import Runtime
@@ -44,6 +43,30 @@ def security_headers(base_url: str) -> dict[str, str]:
     return headers
 
 
+class SecurityHeaders:
+    """ASGI middleware: `headers` on every answer that does not set its own. Plain ASGI, not
+    Starlette's BaseHTTPMiddleware, which costs each request a task and a stream."""
+
+    def __init__(self, app: ASGIApp, headers: dict[str, str]) -> None:
+        self.app = app
+        self.headers = [(name.lower().encode(), value.encode()) for name, value in headers.items()]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                raw = list(message.get("headers", []))
+                present = {name.lower() for name, _ in raw}
+                raw += [(name, value) for name, value in self.headers if name not in present]
+                message = {**message, "headers": raw}
+            await send(message)
+
+        await self.app(scope, receive, sending)
+
+
 def site_zone(runtime: Runtime) -> Callable[[], ZoneInfo]:
     """The site's time zone: its default seminar's, read at each call (the files may change)."""
 
@@ -64,20 +87,13 @@ def create_app(runtime: Runtime, *, broker_ok: Callable[[], bool] = lambda: True
         auto_reload=True,
     )
     environment.globals.update(t=t, site=site)
-    pages = Pages(environment, t)
+    pages = Pages(environment, t, templates / "pages")
 
     # No redirect_slashes: its redirect is built from the Host header, which the client chooses.
     app = FastAPI(title="mailer", docs_url=None, redoc_url=None, openapi_url=None, redirect_slashes=False)
     # Installed before the headers below, so its middleware sits inside them: a 500 page gets them too.
     errors.install(app, pages)
-    headers = security_headers(runtime.settings.base_url)
-
-    @app.middleware("http")
-    async def add_security_headers(request: Request, call_next: Callable[[Request], Any]) -> Response:
-        response: Response = await call_next(request)
-        for name, value in headers.items():
-            response.headers.setdefault(name, value)
-        return response
+    app.add_middleware(SecurityHeaders, headers=security_headers(runtime.settings.base_url))
 
     app.include_router(public.router(runtime, pages, broker_ok))
     transport = runtime.transport
