@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -222,3 +223,35 @@ def test_a_group_smtp_took_is_recorded_once_the_database_is_back(
         cursors = session.scalars(select(Enrolment.next_step_id).where(Enrolment.subscriber_id.in_(ids)))
         assert set(cursors) == {"lesson-2"}
     runtime.close()
+
+
+def test_an_edited_template_goes_out_as_edited(home: Path, runtime: Runtime) -> None:
+    """The renderer keeps each mail's template between batches, and builds it again once a file
+    of it changes: a new subject, a body.html added, a layout edited."""
+    sequence = runtime.catalog().get("web-business")
+    assert sequence is not None
+    step = sequence.step("lesson-2")
+    assert step is not None
+    folder = home / "templates" / "mail" / "web-business" / "lesson-2"
+    (folder / "body.html").unlink()
+    first = runtime.renderer.step(sequence, step)
+    assert runtime.renderer.step(sequence, step) is first  # kept while nothing changed
+    assert not parsed(first.render(READERS[0], NOW)).is_multipart()
+
+    def edit(path: Path, text: str) -> None:
+        path.write_text(text, encoding="utf-8")
+        later = path.stat().st_mtime + 5  # past the file system's mtime resolution
+        os.utime(path, (later, later))
+
+    edit(folder / "subject.txt", "改訂版の件名\n")
+    edit(folder / "body.html", "<p>{{ name }}さん、HTML 版です。</p>\n")
+    layout = home / "templates" / "mail" / "_base" / "body.txt"
+    edit(layout, layout.read_text(encoding="utf-8") + "\n改訂したフッター\n")
+    mail = parsed(runtime.renderer.step(sequence, step).render(READERS[0], NOW))
+    assert str(mail["Subject"]) == "改訂版の件名"
+    html = mail.get_body(("html",))
+    assert html is not None
+    assert "HTML 版です。" in html.get_content()
+    text = mail.get_body(("plain",))
+    assert text is not None
+    assert "改訂したフッター" in text.get_content()
