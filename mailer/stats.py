@@ -9,7 +9,26 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, aliased
 
+from mailer import ledger
+from mailer.deliver.jobs import PREPARE_ERROR
 from mailer.models import Delivery, DeliveryAttempt, Enrolment, Subscriber
+
+
+def held_back(session: Session) -> list[dict[str, Any]]:
+    """Mail that could not be prepared (a template missing or broken since `sequences check`) and
+    waits for its next try, by seminar and step: what the operator must fix first."""
+    rows = session.execute(
+        select(
+            Delivery.kind, Delivery.sequence_id, Delivery.step_id, func.count(), func.max(Delivery.last_error)
+        )
+        .where(Delivery.state.in_(ledger.OPEN), Delivery.last_error.like(f"{PREPARE_ERROR}%"))
+        .group_by(Delivery.kind, Delivery.sequence_id, Delivery.step_id)
+        .order_by(Delivery.kind, Delivery.sequence_id, Delivery.step_id)
+    ).all()
+    return [
+        {"kind": kind, "sequence": sequence_id, "step": step_id, "count": count, "error": error}
+        for kind, sequence_id, step_id, count, error in rows
+    ]
 
 
 def collect(session: Session, since: datetime) -> dict[str, Any]:
@@ -62,6 +81,7 @@ def collect(session: Session, since: datetime) -> dict[str, Any]:
         ).all()
     ]
     return {
+        "held_back": held_back(session),
         "subscribers": subscribers,
         "enrolments": enrolments,
         "deliveries": deliveries,

@@ -28,6 +28,15 @@ def stats(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] =
 
 
 def _print_tables(data: dict[str, Any]) -> None:
+    if data["held_back"]:
+        _table(
+            "Held back: mail that cannot be prepared (fix the template, then it goes)",
+            ("kind", "sequence", "step", "count", "why"),
+            [
+                (r["kind"], r["sequence"] or "", r["step"] or "", str(r["count"]), r["error"])
+                for r in data["held_back"]
+            ],
+        )
     _table("Subscribers", ("state", "count"), [(s, str(n)) for s, n in sorted(data["subscribers"].items())])
     _table(
         "Readers by seminar and next step",

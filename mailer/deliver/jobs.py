@@ -12,6 +12,9 @@ from mailer.models import Delivery, Enrolment, Subscriber
 from mailer.seminars.cursor import Passed
 
 # What preparing a claimed row reads, in one query for the batch (no ORM objects on the send path).
+# How a row that could not be prepared (rendered, finished) is marked in `last_error`, for `stats`.
+PREPARE_ERROR = "prepare: "
+
 CLAIMED = (
     Delivery.id,
     Delivery.kind,

@@ -22,7 +22,7 @@ from mailer import ledger
 from mailer.config import Site
 from mailer.db import session_scope
 from mailer.deliver.admission import Admission
-from mailer.deliver.jobs import CLAIMED, Claimed, Job, Outcomes, Report
+from mailer.deliver.jobs import CLAIMED, PREPARE_ERROR, Claimed, Job, Outcomes, Report
 from mailer.deliver.settle import Settler
 from mailer.mail.compose import MailTemplate, Recipient, Renderer
 from mailer.mail.kinds import Go, Hold, MailKind, Skip, kinds
@@ -127,7 +127,7 @@ class Deliverer:
                 log.error("delivery.prepare_failed delivery_id=%s error=%s", row.id, type(exc).__name__)  # noqa: TRY400
                 failed = session.get_one(Delivery, row.id)
                 report += self.settler.retry(
-                    session, failed, f"prepare: {type(exc).__name__}: {exc}", None, now
+                    session, failed, f"{PREPARE_ERROR}{type(exc).__name__}: {exc}", None, now
                 )
                 continue
             if isinstance(verdict, Hold):
