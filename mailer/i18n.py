@@ -18,6 +18,10 @@ MESSAGES: dict[str, dict[str, str]] = {
         "error.empty": "メールアドレスを入力してください。",
         "error.too_long": "メールアドレスが長すぎます。",
         "error.invalid": "メールアドレスの形式が正しくありません。入力内容をご確認ください。",
+        "error.smtputf8": (
+            "@ の前に日本語などを含むメールアドレスには、現在お届けできません。"
+            "お手数ですが、別のアドレスでご登録ください。"
+        ),
         "error.blocked": (
             "{provider}のアドレスにはメールが届きません。Gmailなど、別のメールアドレスでご登録ください。"
         ),
@@ -95,6 +99,10 @@ MESSAGES: dict[str, dict[str, str]] = {
         "error.empty": "Please enter your e-mail address.",
         "error.too_long": "That e-mail address is too long.",
         "error.invalid": "That does not look like an e-mail address. Please check it.",
+        "error.smtputf8": (
+            "We cannot deliver to an address with non-Latin letters before the @ at the moment. "
+            "Please sign up with another address."
+        ),
         "error.blocked": (
             "Our mail cannot reach {provider} addresses. Please sign up with another address, such as Gmail."
         ),

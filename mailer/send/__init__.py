@@ -35,6 +35,10 @@ class Connection(Protocol):
 class Transport(Protocol):
     def session(self) -> AbstractContextManager[Connection]: ...
 
+    def offers_smtputf8(self) -> bool:
+        """Can mail go to an address whose local part is not ASCII (太郎@example.jp, RFC 6531)?"""
+        ...
+
     def close(self) -> None:
         """Let go of what the transport keeps between sessions (pooled SMTP sessions)."""
 

@@ -37,5 +37,8 @@ class MaildirTransport:
     def session(self) -> Iterator[MaildirConnection]:
         yield MaildirConnection(self.box())
 
+    def offers_smtputf8(self) -> bool:
+        return True  # the message is kept as it is, UTF-8 headers and all
+
     def close(self) -> None:
         """Nothing is kept between sessions."""

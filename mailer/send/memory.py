@@ -112,6 +112,9 @@ class MemoryTransport:
         finally:
             connection.close()
 
+    def offers_smtputf8(self) -> bool:
+        return True  # the message is kept as it is, UTF-8 headers and all
+
     def close(self) -> None:
         """Nothing is kept between sessions; what was accepted stays readable."""
 

@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 # A line that starts with "." must be doubled (RFC 5321 4.5.2); our own mail never has one.
 _DOT_LINE = re.compile(rb"(?:^|\n)\.")
+PROBE_TIMEOUT = 5.0  # seconds for the one session that asks whether the relay offers SMTPUTF8
 IDLE_CHECK = 10.0  # a pooled session idle longer than this is checked with NOOP before use
 IDLE_LIMIT = 240.0  # and one idle longer than this is closed: relays drop idle sessions at 300 s
 
@@ -299,20 +300,23 @@ class SMTPTransport:
         self.cafile = cafile
         self._idle: list[SMTPConnection] = []
         self._lock = threading.Lock()
+        self._smtputf8: bool | None = None  # as the relay's last EHLO said; None: not asked yet
 
-    def open_client(self) -> smtplib.SMTP:
+    def open_client(self, timeout: float | None = None) -> smtplib.SMTP:
         """A new client session: connected, TLS as configured, logged in; closed if any of it fails."""
         context = ssl.create_default_context(cafile=self.cafile)
         client: smtplib.SMTP | None = None
+        timeout = timeout or self.timeout
         try:
             if self.ssl:
-                client = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout, context=context)
+                client = smtplib.SMTP_SSL(self.host, self.port, timeout=timeout, context=context)
             else:
-                client = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+                client = smtplib.SMTP(self.host, self.port, timeout=timeout)
             client.ehlo()
             if self.starttls:
                 client.starttls(context=context)
                 client.ehlo()
+            self._smtputf8 = client.has_extn("smtputf8")
             if self.username:
                 client.login(self.username, self.password or "")
         except BaseException:
@@ -321,6 +325,18 @@ class SMTPTransport:
                     client.close()
             raise
         return client
+
+    def offers_smtputf8(self) -> bool:
+        """As the relay's last EHLO said; asked once with a session of its own when no session has
+        said yet (a web process sends nothing). A relay that cannot be reached now counts as
+        offering it: most do, and a mail it then refuses fails at once, not eight times."""
+        if self._smtputf8 is None:
+            try:
+                self.open_client(timeout=PROBE_TIMEOUT).quit()
+            except (OSError, smtplib.SMTPException):
+                log.warning("smtp.probe_failed")
+                return True
+        return bool(self._smtputf8)
 
     @contextmanager
     def session(self) -> Iterator[SMTPConnection]:

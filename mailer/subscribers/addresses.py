@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
 import idna
-from email_validator import EmailNotValidError, validate_email
+from email_validator import EmailNotValidError, ValidatedEmail, validate_email
 from publicsuffixlist import PublicSuffixList
 
 from mailer.config import BlockedProvider, within
@@ -61,10 +62,15 @@ def blocked_provider(domain: str, blocked: tuple[BlockedProvider, ...]) -> str |
 
 
 def check_address(
-    raw: str, blocked: tuple[BlockedProvider, ...], *, check_deliverability: bool = False
+    raw: str,
+    blocked: tuple[BlockedProvider, ...],
+    *,
+    check_deliverability: bool = False,
+    smtputf8: Callable[[], bool] = lambda: True,
 ) -> Address | Refusal:
     """A normalised address, or why not. The provider is checked on the domain part first, so
-    an old carrier address like `taro..yamada@docomo.ne.jp` gets the carrier's message."""
+    an old carrier address like `taro..yamada@docomo.ne.jp` gets the carrier's message.
+    `smtputf8` is asked only for a local part that is not ASCII: can such mail go (the relay)?"""
     text = fold(raw)
     if not text:
         return Refusal("empty")
@@ -80,10 +86,20 @@ def check_address(
         return Refusal("invalid")
     # email-validator lowercases the domain and IDNA-decodes it; the local part keeps its case.
     email = valid.normalized
+    refusal = _refused(valid, blocked, smtputf8)
+    return refusal or Address(email=email, key=email.casefold())
+
+
+def _refused(
+    valid: ValidatedEmail, blocked: tuple[BlockedProvider, ...], smtputf8: Callable[[], bool]
+) -> Refusal | None:
+    """What refuses an address that is valid: its provider, or a relay that cannot take it."""
     provider = blocked_provider(valid.ascii_domain or valid.domain, blocked)
     if provider:  # an IDN or trailing-dot spelling of a blocked domain
         return Refusal("blocked", provider)
-    return Address(email=email, key=email.casefold())
+    if not valid.local_part.isascii() and not smtputf8():
+        return Refusal("smtputf8")
+    return None
 
 
 def wire_form(email: str) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import cast
@@ -97,9 +98,16 @@ _ADD_CONSENT = cast("Table", Consent.__table__).insert()
 
 
 def subscribe(
-    session: Session, site: Site, catalog: Catalog, request: SignupRequest, now: datetime
+    session: Session,
+    site: Site,
+    catalog: Catalog,
+    request: SignupRequest,
+    now: datetime,
+    *,
+    smtputf8: Callable[[], bool] = lambda: True,
 ) -> Accepted | Refusal:
-    """Record a sign-up and plan its confirmation mail, or say why not. Nothing is stored on refusal."""
+    """Record a sign-up and plan its confirmation mail, or say why not. Nothing is stored on
+    refusal. `smtputf8`: can mail go to a local part that is not ASCII (the transport says)."""
     name = check_name(request.name)
     if isinstance(name, Refusal):
         return name
@@ -107,7 +115,10 @@ def subscribe(
     if sequence is None:
         return Refusal("sequence")
     address = check_address(
-        request.email, site.signup.blocked, check_deliverability=site.signup.check_deliverability
+        request.email,
+        site.signup.blocked,
+        check_deliverability=site.signup.check_deliverability,
+        smtputf8=smtputf8,
     )
     if isinstance(address, Refusal):
         return address

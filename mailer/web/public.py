@@ -118,7 +118,9 @@ class Reader:
         """One sign-up, in the intake's batch: the client's limit, then the sign-up itself."""
         if not self.allowed(req.client_ip or "unknown"):
             return RATE_LIMITED
-        return signup.subscribe(session, self.site, self.runtime.catalog(), req, self.runtime.clock())
+        catalog, now = self.runtime.catalog(), self.runtime.clock()
+        smtputf8 = self.runtime.transport.offers_smtputf8
+        return signup.subscribe(session, self.site, catalog, req, now, smtputf8=smtputf8)
 
     def confirm_claim(self, token: str) -> ConfirmClaim | None:
         return self.runtime.tokens.read_confirm(token, self.site.signup.confirm_days * 86400)

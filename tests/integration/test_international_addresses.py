@@ -5,18 +5,23 @@ from __future__ import annotations
 import email
 import email.policy
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from aiosmtpd.controller import Controller
 from sqlalchemy import insert, select
 
 from mailer import ledger
 from mailer.db import session_scope
 from mailer.models import Delivery, Enrolment, Subscriber
 from mailer.runtime import Runtime
-from tests.conftest import Sink
+from mailer.send import transport_from_url
+from mailer.web.app import create_app
+from tests.conftest import Clock, LogLines, Sink, SinkHandler, make_settings, serve
 from tests.helpers import at, subscribe
+from tests.services import free_port
 
 
 @pytest.fixture
@@ -106,3 +111,46 @@ def test_an_internationalised_domain_goes_in_its_ascii_form(runtime: Runtime, si
     assert received.message["To"].addresses[0].display_name == "花子"
     with session_scope(runtime.sessions) as session:
         assert session.scalars(select(Subscriber.email)).one() == "x@例え.jp"
+
+
+@pytest.fixture
+def plain_relay() -> Iterator[Sink]:
+    """A relay that does not offer SMTPUTF8."""
+    handler = SinkHandler()
+    port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port, enable_SMTPUTF8=False)
+    controller.start()
+    try:
+        yield Sink(handler, port)
+    finally:
+        controller.stop()
+
+
+def test_a_relay_without_smtputf8_has_the_form_refuse_a_non_ascii_local_part(
+    home: Path, database_url: str, clock: Clock, plain_relay: Sink
+) -> None:
+    """Such a sign-up would never be delivered: the form says so at once and stores nothing; an
+    ASCII address beside it signs up and gets its confirmation."""
+    rt = Runtime(make_settings(home, database_url, plain_relay.url), clock=clock)
+    rt.upgrade_db()
+    try:
+        with serve(create_app(rt), int(rt.settings.base_url.rsplit(":", 1)[1])) as live:
+            refused = httpx.post(f"{live}/subscribe", data={"email": "太郎@example.com"}, timeout=10)
+            accepted = httpx.post(f"{live}/subscribe", data={"email": "taro@example.com"}, timeout=10)
+        assert refused.status_code == 422
+        assert "@ の前に日本語などを含むメールアドレスには、現在お届けできません。" in refused.text
+        assert accepted.status_code == 200
+        with session_scope(rt.sessions) as session:
+            assert list(session.scalars(select(Subscriber.email))) == ["taro@example.com"]
+        rt.tick(rt.clock)
+        assert [r.recipients for r in plain_relay.received] == [["taro@example.com"]]
+    finally:
+        rt.close()
+
+
+def test_a_relay_that_cannot_be_asked_counts_as_offering_smtputf8(logged: LogLines) -> None:
+    """No relay listening: the sign-up is not refused for it (the mail would fail at once, not
+    eight times), and the warning names no address."""
+    transport = transport_from_url(f"smtp://127.0.0.1:{free_port()}", Path())
+    assert transport.offers_smtputf8() is True
+    assert logged.named("smtp.probe_failed") == ["smtp.probe_failed"]
