@@ -158,9 +158,10 @@ def run_mailer(
     smtp: str = "maildir:./outbox",
     columns: int | None = 200,
     timeout: float = 60,
+    python: tuple[str, ...] = (),
 ) -> subprocess.CompletedProcess[str]:
     """`mailer ARGS` as an operator runs it from `home`, output piped; `columns=None` leaves the
-    width to the command, as a shell pipe does."""
+    width to the command, as a shell pipe does; `python`: options for the interpreter."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_") and k != "COLUMNS"}
     env |= {
         "MAILER_HOME": str(home),
@@ -172,7 +173,7 @@ def run_mailer(
     if columns is not None:
         env["COLUMNS"] = str(columns)
     return subprocess.run(
-        [sys.executable, "-m", "mailer", *args],
+        [sys.executable, *python, "-m", "mailer", *args],
         cwd=home,
         env=env,
         capture_output=True,

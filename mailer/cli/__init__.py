@@ -19,7 +19,7 @@ import typer
 
 from mailer import logs
 from mailer.cli import db, sequences, serve
-from mailer.cli.common import err
+from mailer.cli.common import Commands, err
 from mailer.cli.stats import stats
 from mailer.cli.tick import tick
 from mailer.errors import MailerError, SequenceError
@@ -30,6 +30,8 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,
+    cls=Commands,
 )
 for command in (serve.run, serve.web, serve.worker, serve.beat, tick, stats):
     app.command()(command)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import typer
 
-from mailer.cli.common import load_runtime, out
+from mailer.cli.common import Commands, load_runtime, out
 
-app = typer.Typer(help="The database schema.", no_args_is_help=True)
+app = typer.Typer(help="The database schema.", no_args_is_help=True, rich_markup_mode=None, cls=Commands)
 
 
 @app.command("upgrade")

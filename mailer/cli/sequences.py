@@ -7,9 +7,14 @@ from typing import Annotated
 
 import typer
 
-from mailer.cli.common import err, fail, load_runtime, out
+from mailer.cli.common import Commands, err, fail, load_runtime, out
 
-app = typer.Typer(help="The seminars under sequences/ and their templates.", no_args_is_help=True)
+app = typer.Typer(
+    help="The seminars under sequences/ and their templates.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    cls=Commands,
+)
 
 
 @app.command("check")

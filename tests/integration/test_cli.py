@@ -186,3 +186,22 @@ def test_every_command_has_help(home: Path) -> None:
     for command in ("run", "web", "worker", "beat", "db", "sequences", "tick", "stats"):
         assert command in top.stdout
         assert run_mailer(home, command, "--help").returncode == 0
+
+
+def imported(home: Path, *args: str) -> set[str]:
+    """The top-level packages `mailer ARGS` imports (Python's own -X importtime report)."""
+    done = run_mailer(home, *args, python=("-X", "importtime"))
+    assert done.returncode == 0, done.stderr
+    lines = [
+        line.split("|")[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")
+    ]
+    return {name.split(".")[0] for name in lines}
+
+
+def test_help_and_an_empty_tick_import_only_what_they_use(home: Path) -> None:
+    """`mailer --help` loads no database, web, Celery or rich code; an empty tick on a current
+    schema loads no web server, no Celery and no Alembic (each costs a short command its start)."""
+    heavy = {"sqlalchemy", "celery", "kombu", "fastapi", "starlette", "uvicorn", "jinja2", "alembic"}
+    assert imported(home, "--help") & (heavy | {"rich", "pydantic"}) == set()
+    assert run_mailer(home, "db", "upgrade").returncode == 0
+    assert imported(home, "tick") & {"celery", "kombu", "fastapi", "starlette", "uvicorn", "alembic"} == set()
