@@ -38,6 +38,7 @@ from bench.common import (
     ledger_states,
     make_home,
     make_settings,
+    mark_applied,
     new_table,
     process_peak_rss_mb,
     run_workers,
@@ -47,6 +48,7 @@ from bench.common import (
     tail,
     verdict,
 )
+from bench.tick import make_due, seed_enrolments
 from bench.worker import sample_message
 from mailer.db import utcnow
 from mailer.runtime import Runtime
@@ -79,9 +81,12 @@ class Sizes:
     # An engine row adds rounds only while it has used less than this, so that a slow engine (a
     # regression, a loaded machine) cannot stretch `make bench` much past its usual 6 minutes.
     engine_budget: float = 45.0
+    tick: int = 4_000  # due steps one `mailer tick` plans and sends, timed from process start
 
 
-QUICK = Sizes(rounds=2, source=2_000, limit=2_000, naive=300, engine=2_000, memory=5_000, engine_budget=30.0)
+QUICK = Sizes(
+    rounds=2, source=2_000, limit=2_000, naive=300, engine=2_000, memory=5_000, engine_budget=30.0, tick=1_000
+)
 
 
 @dataclass
@@ -281,6 +286,45 @@ def engine_round(bench: Bench, database: str, processes: int, n: int) -> Measure
     )
 
 
+def tick_round(bench: Bench, n: int) -> Measured:
+    """`mailer tick` as an operator runs it, `n` steps due: from process start to exit, less the
+    same command with nothing due (Python, imports, the schema check): what planning and sending
+    the steps cost."""
+    path = bench.folder / f"tick-{next(bench.databases)}.db"
+    url = sqlite_url(path)
+    runtime = fresh_runtime(make_settings(bench.home, url, bench.sink.port))
+    now = utcnow()
+    seed_enrolments(runtime.engine, n, now)
+    make_due(runtime.engine, list(range(1, n + 1)), now)
+    mark_applied(runtime.engine, runtime, now)
+    runtime.engine.dispose()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")}
+    env |= {"MAILER_HOME": str(bench.home), "MAILER_DATABASE_URL": url, "MAILER_SECRET_KEY": "bench"}
+    env |= {"MAILER_SMTP_URL": f"smtp://127.0.0.1:{bench.sink.port}"}
+
+    def timed() -> tuple[float, str]:
+        started = time.perf_counter()
+        done = subprocess.run(
+            [sys.executable, "-m", "mailer", "tick"],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise CheckFailedError(f"mailer tick failed: {done.stderr.strip()[-500:]}")
+        return time.perf_counter() - started, done.stdout.strip()
+
+    before = bench.sink.received()
+    full, said = timed()
+    bench.expect_received(before, n)
+    empty, _ = timed()
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    return Measured(n / (full - empty), detail=f"{full:.2f} s − {empty:.2f} s empty; {said}")
+
+
 # --- the run and its report -------------------------------------------------------------------
 
 
@@ -347,6 +391,13 @@ def run(bench: Bench) -> tuple[list[Row], list[tuple[str, str, str, bool | None]
                 sizes.rounds,
                 sizes.engine_budget,
             )
+    tick = row(
+        "5. mailer tick from process start, less an empty tick (SQLite)",
+        1,
+        sizes.tick,
+        partial(tick_round, bench, sizes.tick),
+        sizes.rounds,
+    )
     memory = row(
         "memory: engine, larger ledger (SQLite)",
         1,
@@ -362,6 +413,10 @@ def run(bench: Bench) -> tuple[list[Row], list[tuple[str, str, str, bool | None]
         goals.append(
             (f"engine/limit, 1 process, {name}", f"{ratio:.2f} ×", f"≥ {GOAL_LIMIT} ×", ratio >= GOAL_LIMIT)
         )
+    ratio = tick.rate / limit[1].rate
+    goals.append(
+        ("mailer tick/limit, from process start", f"{ratio:.2f} ×", f"≥ {GOAL_LIMIT} ×", ratio >= GOAL_LIMIT)
+    )
     for database, name in names:
         ratio = engine[database, 1].rate / naive_way[1].rate
         goals.append(
