@@ -4,9 +4,12 @@ UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 
 .PHONY: install run test test-deps lint bench
 
-install:  ## uv from PyPI when missing, then the locked dependencies into .venv
+install:  ## uv from PyPI when missing, then the locked dependencies into .venv, all compiled
 	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv || python3 -m pip install --quiet --break-system-packages uv
 	@$(UV) sync --frozen --quiet
+	@# The dependencies are compiled by uv (pyproject's compile-bytecode); mailer itself here, so
+	@# that a short command starts without compiling it where Python may not write __pycache__.
+	@$(UV) run --frozen python -m compileall -q mailer
 
 run: install
 	$(UV) run --frozen mailer run
