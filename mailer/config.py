@@ -281,6 +281,9 @@ class Site:
 
     sender: Sender
     default_sequence: Text  # the seminar the sign-up form enrols in
+    # The mail magazine's file under sequences/ (broadcast-only: `steps = []`): its title is in
+    # every issue's footer and List-Id, its time zone is for readers whose own is unknown.
+    magazine: Text = "magazine"
     signup: Signup = Signup()
     quiet_hours: QuietHours | None = QuietHours()
     delivery: DeliveryPolicy = DeliveryPolicy()

@@ -3,6 +3,7 @@
     MailerError                 anything the user should see as one clear line (CLI exit 1)
     ├── ConfigError             the environment or mailer.toml is wrong
     ├── SequenceError           a seminar file or one of its templates is wrong (file, step, what)
+    ├── BroadcastError          a magazine issue, its files or a command on it is wrong (one line)
     └── DeliveryError           the transport could not hand a message over
         ├── TransientDeliveryError   4xx, connection lost: try again later
         └── PermanentDeliveryError   5xx: never retry this recipient
@@ -37,3 +38,7 @@ class TransientDeliveryError(DeliveryError):
 
 class PermanentDeliveryError(DeliveryError):
     pass
+
+
+class BroadcastError(MailerError):
+    """A mail-magazine command cannot do what was asked: the issue, its files or the input."""

@@ -82,6 +82,13 @@ MESSAGES: dict[str, dict[str, str]] = {
             "下記のリンクからいつでも配信を停止できます（ワンクリックで解除できます）。"
         ),
         "mail.unsubscribe": "配信停止",
+        "broadcast.test_prefix": "[テスト]",
+        "archive.title": "メルマガのバックナンバー",
+        "archive.empty": "まだ公開しているバックナンバーはありません。",
+        "archive.back": "バックナンバー一覧に戻る",
+        "archive.reader": "読者",
+        "archive.sent": "配信日",
+        "archive.join": "メルマガを購読する",
         "mail.why_confirm": (
             "このメールは、上記の登録フォームにこのアドレスが入力されたためお送りしています。"
         ),
@@ -158,6 +165,13 @@ MESSAGES: dict[str, dict[str, str]] = {
         "mail.contact": "Contact",
         "mail.refuse": "You may refuse further mail at any time with one click on the link below.",
         "mail.unsubscribe": "Unsubscribe",
+        "broadcast.test_prefix": "[Test]",
+        "archive.title": "Back numbers of the mail magazine",
+        "archive.empty": "No back numbers are published yet.",
+        "archive.back": "Back to all back numbers",
+        "archive.reader": "reader",
+        "archive.sent": "Sent",
+        "archive.join": "Subscribe to the mail magazine",
         "mail.why_confirm": "You receive this mail because this address was entered in our sign-up form.",
     },
 }

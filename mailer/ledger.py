@@ -6,6 +6,10 @@
        │                  ├──retry (attempts spent) / fail──> failed
        └──revive──────────┴──skip──> skipped          (skip_open: anything not yet handed to SMTP)
 
+A magazine issue's rows are added from its audience in batches (`add_broadcast`, one INSERT ...
+SELECT each); pausing parks what is not yet handed to SMTP (pending, due never) and resuming makes
+it due again, so nobody gets an issue twice and nobody is left out; cancelling skips it.
+
 Every planned mail is one row, unique per subscriber and step (or broadcast). A row is claimed with
 a lease: `available_at` is when it may next be claimed (its due time while pending, the end of the
 lease while sending), so one index finds what is due and what a dead worker left behind.
@@ -14,16 +18,18 @@ lease while sending), so one index finds what is due and what a dead worker left
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from functools import cache
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, func, select, update
+from sqlalchemy import Select, Table, bindparam, func, literal, literal_column, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnClause
 
 from mailer import store
+from mailer.db import UTCDateTime
 from mailer.models import Delivery, DeliveryAttempt
 
 log = logging.getLogger(__name__)
@@ -50,6 +56,13 @@ _DELIVERIES = cast("Table", Delivery.__table__)  # for the statements that skip 
 # Plain strings for the rows added by the thousand: sqlite3 binds a str subclass (an enum member)
 # through its adapter lookup, three times slower than a str.
 _STEP, _PENDING = Kind.STEP.value, State.PENDING.value
+# When a paused issue's rows are due: never, until it is resumed.
+PARKED = datetime(9999, 1, 1, tzinfo=UTC)
+# Literals, not bound values: only then may SQLite's planner use the partial indexes the claim
+# reads (ix_deliveries_claimable, and _first that puts the magazine last), whose WHERE names the
+# same constants. With `state IN (?, ?)` it scans the whole table and sorts it for every batch.
+_OPEN_LITERALS: list[ColumnClause[str]] = [literal_column(f"'{state.value}'") for state in OPEN]
+_IS_BROADCAST: ColumnClause[str] = literal_column("'broadcast'")
 
 
 def _queued(session: Session, due: datetime, now: datetime) -> None:
@@ -150,28 +163,121 @@ def claim(session: Session, *, now: datetime, limit: int, worker: str, lease: ti
 
     The row stays claimed until `now + lease`; after that another worker may take it again, which
     is how a crashed worker's rows are recovered.
+
+    Every other kind goes before the magazine: a reader's confirmation or welcome is claimed
+    ahead of any number of issue mails queued before it; issue mails fill the rest of the batch.
     """
-    params = {"now": now, "limit": limit, "worker": worker, "until": now + lease}
-    claimed = session.connection().execute(_claim_for(session.get_bind().dialect.name), params)
+    dialect = session.get_bind().dialect.name
+    connection = session.connection()
+    due = list(connection.execute(_due_for(dialect, first=True), {"now": now, "limit": limit}).scalars())
+    if len(due) < limit:
+        rest = {"now": now, "limit": limit - len(due)}
+        due += connection.execute(_due_for(dialect, first=False), rest).scalars()
+    if not due:
+        return []
+    claimed = connection.execute(_CLAIM, {"ids": due, "worker": worker, "until": now + lease})
     return sorted(claimed.scalars())
 
 
 @cache
-def _claim_for(dialect: str) -> Any:
+def _due_for(dialect: str, *, first: bool) -> Any:
     # Built once per dialect: a rush of sign-ups claims a few rows many times a second.
-    due = store.skip_locked_on(
+    kind = _DELIVERIES.c.kind != _IS_BROADCAST if first else _DELIVERIES.c.kind == _IS_BROADCAST
+    return store.skip_locked_on(
         dialect,
         select(_DELIVERIES.c.id)
-        .where(_DELIVERIES.c.state.in_(OPEN), _DELIVERIES.c.available_at <= bindparam("now"))
+        .where(_DELIVERIES.c.state.in_(_OPEN_LITERALS), kind, _DELIVERIES.c.available_at <= bindparam("now"))
         .order_by(_DELIVERIES.c.available_at)
         .limit(bindparam("limit")),
     )
-    return (
-        update(_DELIVERIES)
-        .where(_DELIVERIES.c.id.in_(due.scalar_subquery()))
-        .values(state=State.SENDING, claimed_by=bindparam("worker"), available_at=bindparam("until"))
+
+
+_CLAIM = (
+    update(_DELIVERIES)
+    .where(_DELIVERIES.c.id.in_(bindparam("ids", expanding=True)))
+    .values(state=State.SENDING, claimed_by=bindparam("worker"), available_at=bindparam("until"))
+    .returning(_DELIVERIES.c.id)
+)
+
+
+def add_broadcast(
+    session: Session, broadcast_id: int, audience: Select[Any], due: datetime, now: datetime
+) -> int:
+    """One pending row of this issue for each subscriber id `audience` selects, unless the ledger
+    has it already: one INSERT ... SELECT, nothing read into Python. Rows added."""
+    ids = audience.subquery()
+    subscriber_id = ids.c[0]
+    rows = select(
+        subscriber_id,
+        literal(Kind.BROADCAST.value),
+        literal(broadcast_id),
+        literal(_PENDING),
+        literal(due, UTCDateTime()),
+        literal(due, UTCDateTime()),
+        literal(0),
+        literal(now, UTCDateTime()),
+    ).where(subscriber_id.is_not(None))  # a WHERE: SQLite reads "SELECT ... ON CONFLICT" as a join
+    columns = ["subscriber_id", "kind", "broadcast_id", "state", "due_at", "available_at", "attempts"]
+    # RETURNING counts what was added: psycopg leaves rowcount at -1 for this statement.
+    result = session.execute(
+        _insert(session)(_DELIVERIES)
+        .from_select([*columns, "created_at"], rows)
+        .on_conflict_do_nothing()
         .returning(_DELIVERIES.c.id)
     )
+    added = len(result.all())
+    if added:
+        _queued(session, due, now)
+    return added
+
+
+def open_of(broadcast_id: int) -> tuple[Any, ...]:
+    """The conditions of an issue's rows not yet handed to SMTP (for reading them)."""
+    return (Delivery.broadcast_id == broadcast_id, Delivery.state.in_(OPEN))
+
+
+def _open_of(broadcast_id: int) -> Any:
+    return update(Delivery).where(*open_of(broadcast_id))
+
+
+def _changed(session: Session, statement: Any) -> int:
+    result = session.execute(statement, execution_options={"synchronize_session": False})
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+def skip_broadcast(session: Session, broadcast_id: int, reason: str) -> int:
+    """Nothing of this issue not yet handed to SMTP goes (cancelled). Rows skipped.
+
+    A row in a group being sent is marked sent and locked: this waits for that group's commit and
+    then leaves it alone; a row claimed but not yet marked no longer matches its worker's claim."""
+    return _changed(
+        session, _open_of(broadcast_id).values(state=State.SKIPPED, skip_reason=reason, claimed_by=None)
+    )
+
+
+def park_broadcast(session: Session, broadcast_id: int) -> int:
+    """What of this issue is not yet handed to SMTP waits, pending, until `unpark_broadcast`
+    (paused). Rows parked; a worker holding one of them finds its claim gone."""
+    return _changed(
+        session, _open_of(broadcast_id).values(state=State.PENDING, claimed_by=None, available_at=PARKED)
+    )
+
+
+def unpark_broadcast(session: Session, broadcast_id: int, now: datetime) -> int:
+    """The parked rows of this issue are due again (resumed). Rows made due."""
+    resumed = _changed(
+        session,
+        update(Delivery)
+        .where(
+            Delivery.broadcast_id == broadcast_id,
+            Delivery.state == State.PENDING,
+            Delivery.available_at == PARKED,
+        )
+        .values(available_at=now),
+    )
+    if resumed:
+        _queued(session, now, now)
+    return resumed
 
 
 # The send path's statements, built once: they run for every group of `commit_every` mails.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint, text
+from sqlalchemy import ForeignKey, Index, PrimaryKeyConstraint, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from mailer.db import UTCDateTime
@@ -88,7 +88,16 @@ class Delivery(Base):
             sqlite_where=text("state IN ('pending', 'sending')"),
             postgresql_where=text("state IN ('pending', 'sending')"),
         ),
+        # What a claim takes first: every kind but the magazine's, so a queued issue of 100,000
+        # never stands between a reader and their confirmation or welcome (ledger.claim).
+        Index(
+            "ix_deliveries_claimable_first",
+            "available_at",
+            sqlite_where=text("state IN ('pending', 'sending') AND kind != 'broadcast'"),
+            postgresql_where=text("state IN ('pending', 'sending') AND kind != 'broadcast'"),
+        ),
         Index("ix_deliveries_sequence_step", "sequence_id", "step_id"),
+        Index("ix_deliveries_broadcast", "broadcast_id", "state"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -97,7 +106,7 @@ class Delivery(Base):
     enrolment_id: Mapped[int | None] = mapped_column(ForeignKey("enrolments.id"))
     sequence_id: Mapped[str | None] = mapped_column(String(100))
     step_id: Mapped[str | None] = mapped_column(String(100))  # NULL for confirmations: never unique
-    broadcast_id: Mapped[int | None]
+    broadcast_id: Mapped[int | None]  # a broadcast's row: the issue (broadcasts.id)
     state: Mapped[str] = mapped_column(String(16), default="pending")
     due_at: Mapped[datetime]
     available_at: Mapped[datetime]
@@ -133,3 +142,41 @@ class SequenceVersion(Base):
     sequence_id: Mapped[str] = mapped_column(String(100), primary_key=True)
     fingerprint: Mapped[str] = mapped_column(String(64))
     applied_at: Mapped[datetime]
+
+
+class Broadcast(Base):
+    """A mail-magazine issue: its content (kept as written at `create`), audience and time.
+
+    `state`: draft, scheduled, held (late: waits for the operator), sending, paused, sent,
+    cancelled. Its ledger rows are written from the audience in batches once sending starts:
+    `audience_upto` fixes who is in it (subscribers up to that id, confirmed by `started_at`),
+    `audience_next` is the first id not yet written, NULL once all of it is in the ledger.
+    """
+
+    __tablename__ = "broadcasts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))  # the folder's name, for the operator
+    subject: Mapped[str] = mapped_column(Text)  # the templates' source
+    body_text: Mapped[str] = mapped_column(Text)
+    body_html: Mapped[str | None] = mapped_column(Text)
+    audience: Mapped[str] = mapped_column(String(200))  # all, seminar:SEQ, tag:TAG
+    archive: Mapped[bool] = mapped_column(default=False)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    at: Mapped[datetime | None]  # when it is to go (scheduled), or went
+    created_at: Mapped[datetime]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    audience_upto: Mapped[int | None]
+    audience_next: Mapped[int | None]
+    audience_written: Mapped[int] = mapped_column(default=0)
+
+
+class SubscriberTag(Base):
+    """A short label on a subscriber (`vip`, `seminar-2026`): a broadcast's `--to tag:TAG`."""
+
+    __tablename__ = "subscriber_tags"
+    __table_args__ = (PrimaryKeyConstraint("subscriber_id", "tag"), Index("ix_subscriber_tags_tag", "tag"))
+
+    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id"))
+    tag: Mapped[str] = mapped_column(String(64))

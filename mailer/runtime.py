@@ -13,6 +13,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailer import ledger
+from mailer.broadcasts import issues
 from mailer.config import Settings, Site, load_site
 from mailer.db import make_engine, make_session_factory, session_scope, upgrade, utcnow
 from mailer.deliver.jobs import Report
@@ -125,11 +126,13 @@ class Runtime:
         upgrade(self.engine)
 
     def plan(self, now: datetime) -> int:
-        """Apply seminar edits, then turn every due cursor into a ledger row. Rows planned."""
+        """Apply seminar edits, turn every due cursor into a ledger row, and move the magazine's
+        issues on (start what is due, hold what is late, write audiences). Rows planned."""
         catalog = self.catalog()
         with session_scope(self.sessions) as session:
             planner.apply_edits(session, self.site, catalog, now)
-        return planner.plan_due(self.sessions, self.site, catalog, now)
+        planned = planner.plan_due(self.sessions, self.site, catalog, now)
+        return planned + issues.advance(self.sessions, self.site, now).written
 
     def tick(self, now: Callable[[], datetime], *, max_batches: int | None = None) -> tuple[int, Report]:
         """One scheduler pass and the sending of what is due: `mailer tick` and the tests."""

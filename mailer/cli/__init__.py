@@ -6,6 +6,7 @@
     sequences.py  sequences check, sequences preview
     tick.py       tick
     stats.py      stats
+    broadcast.py  broadcast create, list, show, send, schedule, cancel, pause, resume, test
 
 Commands import what they use when they run, so `mailer --help` loads no database, web or Celery code.
 """
@@ -18,7 +19,7 @@ import sys
 import typer
 
 from mailer import logs
-from mailer.cli import db, sequences, serve
+from mailer.cli import broadcast, db, sequences, serve
 from mailer.cli.common import Commands, err
 from mailer.cli.stats import stats
 from mailer.cli.tick import tick
@@ -37,6 +38,7 @@ for command in (serve.run, serve.web, serve.worker, serve.beat, tick, stats):
     app.command()(command)
 app.add_typer(db.app, name="db")
 app.add_typer(sequences.app, name="sequences")
+app.add_typer(broadcast.app, name="broadcast")
 
 log = logging.getLogger(__name__)
 

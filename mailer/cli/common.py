@@ -27,7 +27,8 @@ class _LazyConsole:
 
         # soft_wrap: a line is never broken at the terminal's (or, piped, rich's 80-column) width,
         # so an error line names its file whole and `preview` shows the mail as the reader gets it.
-        return Console(stderr=self._stderr, soft_wrap=True)
+        # emoji=False: what the operator typed (`--to seminar:zzz`) is printed as typed, not as 💤.
+        return Console(stderr=self._stderr, soft_wrap=True, emoji=False)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.console, name)

@@ -31,6 +31,7 @@ CLAIMED = (
     Enrolment.entered_at,
     Enrolment.shift_days,
     Delivery.due_at,
+    Delivery.broadcast_id,
 )
 
 
@@ -53,6 +54,7 @@ class Claimed:
     entered_at: datetime | None
     shift_days: int | None
     due_at: datetime
+    broadcast_id: int | None = None
 
     def passed(self, *, delivered: bool = True) -> Passed | None:
         """A seminar step's row: what moving the reader's cursor past it needs."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from email.headerregistry import Address
@@ -119,6 +119,7 @@ class MailTemplate:
         sequence: Sequence,
         step: Step | None,
         list_mail: bool,
+        sources: Mapping[str, str | None] | None = None,
     ) -> None:
         env = renderer.env
         self.renderer = renderer
@@ -126,13 +127,19 @@ class MailTemplate:
         self.sequence = sequence
         self.step = step
         self.list_mail = list_mail  # seminar and magazine mail: List-* headers and unsubscribe
-        self.subject = env.get_template(f"{folder}/subject.txt")
-        self.body_text = env.get_template(f"{folder}/body.txt")
         self.body_html: Template | None
-        try:
-            self.body_html = env.get_template(f"{folder}/body.html")
-        except TemplateNotFound:
-            self.body_html = None
+        if sources is not None:  # a magazine issue: its files as they were when it was created
+            self.subject = env.from_string(sources["subject.txt"] or "")
+            self.body_text = env.from_string(sources["body.txt"] or "")
+            html = sources.get("body.html")
+            self.body_html = env.from_string(html) if html is not None else None
+        else:
+            self.subject = env.get_template(f"{folder}/subject.txt")
+            self.body_text = env.get_template(f"{folder}/body.txt")
+            try:
+                self.body_html = env.get_template(f"{folder}/body.html")
+            except TemplateNotFound:
+                self.body_html = None
         self.base_text = env.get_template("mail/_base/body.txt")
         self.base_html = env.get_template("mail/_base/body.html")
         self._html_path = renderer.site.home / "templates" / folder / "body.html"
@@ -260,6 +267,12 @@ class Renderer:
 
     def step(self, sequence: Sequence, step: Step) -> MailTemplate:
         return self._template(f"mail/{sequence.id}/{step.id}", sequence, step, list_mail=True)
+
+    def broadcast(self, magazine: Sequence, name: str, sources: Mapping[str, str | None]) -> MailTemplate:
+        """A magazine issue: its own templates, in the magazine's layout and under its List-Id."""
+        return MailTemplate(
+            self, f"broadcast/{name}", sequence=magazine, step=None, list_mail=True, sources=sources
+        )
 
     def confirm(self, sequence: Sequence) -> MailTemplate:
         return self._template(f"mail/_confirm:{sequence.id}", sequence, None, list_mail=False)

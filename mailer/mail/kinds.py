@@ -12,10 +12,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from mailer.broadcasts import content
+from mailer.broadcasts.content import Content
 from mailer.config import Site
 from mailer.deliver.jobs import Claimed
 from mailer.ledger import Kind
 from mailer.mail.compose import MailTemplate, Renderer
+from mailer.models import Broadcast
 from mailer.seminars import schedule
 from mailer.seminars.cursor import Passed
 from mailer.seminars.sequences import Catalog
@@ -50,6 +56,9 @@ Verdict = Go | Skip | Hold
 
 
 class MailKind(Protocol):
+    def load(self, session: Session, rows: list[Claimed]) -> None:
+        """Read what deciding this batch's rows of the kind needs (once a batch, in its session)."""
+
     def decide(self, row: Claimed, catalog: Catalog, now: datetime) -> Verdict: ...
 
 
@@ -59,6 +68,9 @@ class Confirmation:
 
     site: Site
     renderer: Renderer
+
+    def load(self, session: Session, rows: list[Claimed]) -> None:
+        """Everything is in the claimed row."""
 
     def decide(self, row: Claimed, catalog: Catalog, now: datetime) -> Verdict:  # noqa: ARG002 (never held)
         if row.enrolment_state != "pending" or row.confirm_nonce is None or row.enrolment_id is None:
@@ -84,6 +96,9 @@ class SeminarStep:
     site: Site
     renderer: Renderer
 
+    def load(self, session: Session, rows: list[Claimed]) -> None:
+        """Everything is in the claimed row."""
+
     def decide(self, row: Claimed, catalog: Catalog, now: datetime) -> Verdict:
         if row.subscriber_state != "confirmed":
             return Skip(row.subscriber_state)
@@ -103,6 +118,44 @@ class SeminarStep:
         )
 
 
+@dataclass
+class BroadcastIssue:
+    """A magazine issue: to a confirmed reader, outside their quiet hours, in the magazine's layout.
+
+    Cancelling and pausing act on the ledger rows themselves (ledger.skip_broadcast, park_broadcast),
+    so a row claimed here is one still meant to go. An issue's content never changes once
+    created: it is read once per process and kept."""
+
+    site: Site
+    renderer: Renderer
+    issues: dict[int, Content] = field(default_factory=dict)
+
+    def load(self, session: Session, rows: list[Claimed]) -> None:
+        wanted = {row.broadcast_id for row in rows if row.broadcast_id is not None} - set(self.issues)
+        if wanted:
+            for issue in session.scalars(select(Broadcast).where(Broadcast.id.in_(wanted))):
+                self.issues[issue.id] = Content(issue.name, issue.subject, issue.body_text, issue.body_html)
+
+    def decide(self, row: Claimed, catalog: Catalog, now: datetime) -> Verdict:
+        if row.subscriber_state != "confirmed":
+            return Skip(row.subscriber_state)
+        issue = self.issues.get(row.broadcast_id or 0)
+        if issue is None:
+            return Skip("broadcast_removed")
+        magazine = content.magazine(self.site, catalog)  # its file gone: retried, counted, logged
+        zone = schedule.zone_for(row.timezone, magazine.timezone)
+        until = schedule.hold_for_quiet_hours(now, zone, self.site.quiet_hours)
+        if until > now:  # quiet hours where this reader is: they get it when those end
+            return Hold(until)
+        return Go(
+            ("broadcast", str(row.broadcast_id)), lambda: content.template(self.renderer, magazine, issue)
+        )
+
+
 def kinds(site: Site, renderer: Renderer) -> dict[str, MailKind]:
     """Every kind of mail the ledger holds, by its `Kind`."""
-    return {Kind.CONFIRM: Confirmation(site, renderer), Kind.STEP: SeminarStep(site, renderer)}
+    return {
+        Kind.CONFIRM: Confirmation(site, renderer),
+        Kind.STEP: SeminarStep(site, renderer),
+        Kind.BROADCAST: BroadcastIssue(site, renderer),
+    }

@@ -1,4 +1,4 @@
 """The schema's Alembic migrations; HEAD names the newest, so a process whose database is current
 starts without importing Alembic (a test keeps it equal to Alembic's own head)."""
 
-HEAD = "0002"
+HEAD = "0003"
