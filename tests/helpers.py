@@ -151,6 +151,18 @@ def ledger(rt: Runtime, subscriber_id: int) -> dict[str | None, str]:
     return dict(rows)
 
 
+def mailer_env(home: Path, *, db: str | None = None, smtp: str = "maildir:./outbox") -> dict[str, str]:
+    """The environment an operator's `mailer` runs with from `home` (a pipe: no colours)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_") and k != "COLUMNS"}
+    return env | {
+        "MAILER_HOME": str(home),
+        "MAILER_DATABASE_URL": db or f"sqlite:///{home / 'mailer.db'}",
+        "MAILER_SMTP_URL": smtp,
+        "MAILER_SECRET_KEY": SECRET,
+        "NO_COLOR": "1",
+    }
+
+
 def run_mailer(
     home: Path,
     *args: str,
@@ -162,14 +174,7 @@ def run_mailer(
 ) -> subprocess.CompletedProcess[str]:
     """`mailer ARGS` as an operator runs it from `home`, output piped; `columns=None` leaves the
     width to the command, as a shell pipe does; `python`: options for the interpreter."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_") and k != "COLUMNS"}
-    env |= {
-        "MAILER_HOME": str(home),
-        "MAILER_DATABASE_URL": db or f"sqlite:///{home / 'mailer.db'}",
-        "MAILER_SMTP_URL": smtp,
-        "MAILER_SECRET_KEY": SECRET,
-        "NO_COLOR": "1",
-    }
+    env = mailer_env(home, db=db, smtp=smtp)
     if columns is not None:
         env["COLUMNS"] = str(columns)
     return subprocess.run(
