@@ -10,11 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from jinja2 import TemplateSyntaxError
+from markupsafe import Markup
 
 from mailer.config import Site
 from mailer.errors import BroadcastError
 from mailer.mail.compose import Composed, MailTemplate, Renderer
 from mailer.mail.footer import missing_footer_items
+from mailer.models import Broadcast
 from mailer.seminars.checks import sample_recipient
 from mailer.seminars.sequences import Catalog, Sequence
 
@@ -91,6 +93,36 @@ def check(content: Content, folder: Path, renderer: Renderer, magazine: Sequence
     if missing:
         raise BroadcastError(f"{folder}: the footer lacks {', '.join(missing)} (templates/mail/_base)")
     return composed
+
+
+def of(issue: Broadcast) -> Content:
+    """The content an issue was created with."""
+    return Content(issue.name, issue.subject, issue.body_text, issue.body_html)
+
+
+@dataclass(frozen=True)
+class Public:
+    """An issue as the archive shows it: the content alone, for a neutral reader."""
+
+    subject: str
+    text: str
+    html: Markup | None
+
+
+def public_view(renderer: Renderer, magazine: Sequence, found: Content) -> Public:
+    """The issue's subject and content (no layout, no footer) with the reader's name and links
+    replaced by neutral ones: the word for "reader", and the sign-up page for any link of theirs."""
+    mail = template(renderer, magazine, found)
+    neutral = {
+        "sequence": magazine,
+        "step": None,
+        "name": renderer.t("archive.reader"),
+        "unsubscribe_url": f"{renderer.base_url}/",
+    }
+    subject = " ".join(mail.subject.render(neutral).split())
+    text = mail.body_text.render(neutral).strip()
+    html = Markup(mail.body_html.render(neutral)) if mail.body_html is not None else None  # noqa: S704 (autoescaped template output)
+    return Public(subject, text, html)
 
 
 def template(renderer: Renderer, magazine: Sequence, content: Content, prefix: str = "") -> MailTemplate:

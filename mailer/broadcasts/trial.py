@@ -26,7 +26,7 @@ def send_test(runtime: Runtime, issue_id: int, address: str, now: datetime) -> N
         raise BroadcastError(f"--to: not an address the form would take ({checked.reason})")
     with runtime.transaction() as session:
         issue = issues.get(session, issue_id)
-        found = content.Content(issue.name, issue.subject, issue.body_text, issue.body_html)
+        found = content.of(issue)
     magazine = content.magazine(site, runtime.catalog())
     template = content.template(
         runtime.renderer, magazine, found, runtime.renderer.t("broadcast.test_prefix")

@@ -134,7 +134,7 @@ class BroadcastIssue:
         wanted = {row.broadcast_id for row in rows if row.broadcast_id is not None} - set(self.issues)
         if wanted:
             for issue in session.scalars(select(Broadcast).where(Broadcast.id.in_(wanted))):
-                self.issues[issue.id] = Content(issue.name, issue.subject, issue.body_text, issue.body_html)
+                self.issues[issue.id] = content.of(issue)
 
     def decide(self, row: Claimed, catalog: Catalog, now: datetime) -> Verdict:
         if row.subscriber_state != "confirmed":

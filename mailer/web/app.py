@@ -1,6 +1,7 @@
 """The web app's factory: page templates, middleware, routers and the error translator.
 
-Routes: `public` (`/`, `/subscribe`, `/confirm/…`, `/unsubscribe/…`, `/healthz`), `outbox` (`/outbox`,
+Routes: `public` (`/`, `/subscribe`, `/confirm/…`, `/unsubscribe/…`, `/healthz`), `archive`
+(`/archive`, `/archive/<id>`: the magazine's back numbers), `outbox` (`/outbox`,
 on the maildir transport only), and the site's static files (`/static/…`, from `templates/static/`).
 """
 
@@ -18,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from mailer.i18n import translator
 from mailer.runtime import Runtime
 from mailer.send.maildir import MaildirTransport
-from mailer.web import errors, outbox, public
+from mailer.web import archive, errors, outbox, public
 from mailer.web.pages import Pages
 
 # No inline script or style anywhere, no plugin, no <base>, forms only to this site, never framed.
@@ -96,6 +97,7 @@ def create_app(runtime: Runtime, *, broker_ok: Callable[[], bool] = lambda: True
     app.add_middleware(SecurityHeaders, headers=security_headers(runtime.settings.base_url))
 
     app.include_router(public.router(runtime, pages, broker_ok))
+    app.include_router(archive.router(runtime, pages))
     transport = runtime.transport
     if isinstance(transport, MaildirTransport):
         app.include_router(
