@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import DateTime, Engine, create_engine, event, text
@@ -67,16 +69,23 @@ def make_engine(url: str, *, pre_ping: bool = True, wait: float = 30.0, **kwargs
         # sleeps 1, 2, 5 … up to 100 ms between tries, so under a rush of sign-ups some wait
         # seconds for a lock free most of that time. Within one process the threads (a server's,
         # the embedded worker's) queue on this lock instead and are woken the moment it is free;
-        # other processes still meet SQLite's own lock.
+        # other processes still meet SQLite's own lock. A transaction that has to wait for either
+        # says so (waiting_flag), so a worker in a long send lets it in.
         writer = threading.Lock()
+        flag = waiting_flag(engine)
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Any) -> None:
-            if writer.acquire(timeout=conn.info.get(LOCK_WAIT, wait)):
+            if writer.acquire(blocking=False):
                 conn.info[_HOLDS_WRITER] = True
-            # else: a transaction of this process held it past the wait; SQLite decides.
+            else:
+                if flag is not None:
+                    flag.touch()
+                if writer.acquire(timeout=conn.info.get(LOCK_WAIT, wait)):
+                    conn.info[_HOLDS_WRITER] = True
+                # else: a transaction of this process held it past the wait; SQLite decides.
             try:
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
+                _begin_immediate(conn, flag)
             except BaseException:
                 _sqlite_end(conn)
                 raise
@@ -89,6 +98,40 @@ def make_engine(url: str, *, pre_ping: bool = True, wait: float = 30.0, **kwargs
 
         return engine
     return create_engine(url, pool_pre_ping=pre_ping, **kwargs)
+
+
+def _begin_immediate(conn: Any, flag: Path | None) -> None:
+    """BEGIN IMMEDIATE; when another process holds the lock, touch `flag` first, then wait."""
+    if flag is None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        return
+    # A first try that does not wait: when another writer holds the lock, say so (the flag's
+    # time) before waiting, so a worker sending a long run lets this one in.
+    raw = conn.connection.driver_connection
+    patience = int(raw.execute("PRAGMA busy_timeout").fetchone()[0])  # writable() lowers it
+    raw.execute("PRAGMA busy_timeout = 0")
+    try:
+        raw.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
+            raise
+    else:
+        return
+    finally:
+        raw.execute(f"PRAGMA busy_timeout = {patience}")
+    flag.touch()
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def waiting_flag(engine: Engine) -> Path | None:
+    """The file whose time says when a writer last had to wait for this SQLite database's write
+    lock (None: not a SQLite file). SQLite keeps no queue for the lock: a waiter polls, sleeping
+    up to 100 ms between tries, and a worker that commits one group and begins the next takes it
+    back every time; measured, an unsubscribe or a `broadcast cancel` waited for a whole run of
+    minutes. A worker that sees the flag move lets go for a moment (`Deliverer.give_turn`)."""
+    if engine.dialect.name != "sqlite" or engine.url.database in {None, "", ":memory:"}:
+        return None
+    return Path(f"{engine.url.database}-waiting")
 
 
 # Why a database cannot answer now, as the drivers say it: not a bug in a statement, an outage that

@@ -14,13 +14,13 @@ import uuid
 from collections.abc import Callable, Iterable
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailer import ledger
 from mailer.config import Site
-from mailer.db import session_scope
+from mailer.db import session_scope, waiting_flag
 from mailer.deliver.admission import Admission
 from mailer.deliver.jobs import CLAIMED, PREPARE_ERROR, Claimed, Job, Outcomes, Report
 from mailer.deliver.settle import Settler
@@ -36,13 +36,8 @@ from mailer.subscribers.addresses import wire_form
 log = logging.getLogger(__name__)
 
 RECORD_PATIENCE = 600.0  # how long mail SMTP took waits for the database to record it as sent
-# SQLite has no queue for its write lock: a writer that waits polls, sleeping up to 100 ms between
-# tries, and a worker that commits a group and begins the next at once takes it back every time.
-# Measured: an unsubscribe, a sign-up or a `broadcast cancel` waited for the whole run (a long issue
-# is minutes) and failed with "database is locked". So a worker that has sent for SQLITE_HOLD
-# seconds lets go for SQLITE_TURN, longer than the longest of those sleeps: every waiter gets in
-# within about half a second, for about a sixth of a long run's time, on SQLite only.
-SQLITE_HOLD = 0.5
+# How long a worker lets go of SQLite's write lock when a writer had to wait for it (db.waiting_flag):
+# longer than the longest sleep of SQLite's busy handler (100 ms), so the waiter's next try gets in.
 SQLITE_TURN = 0.11
 
 # A step between render and send (a DKIM signature): the finished bytes of one job's mail.
@@ -72,20 +67,25 @@ class Deliverer:
         self.finishers = tuple(finishers)
         self.settler = Settler(site, jitter)
         bind = session_factory.kw.get("bind")
-        self.turns = bind is not None and bind.dialect.name == "sqlite"
-        self.held_since = time.monotonic()
+        self.waiting = waiting_flag(bind) if isinstance(bind, Engine) else None
+        self.waited = self._flag_time()
+
+    def _flag_time(self) -> int:
+        try:
+            return self.waiting.stat().st_mtime_ns if self.waiting is not None else 0
+        except FileNotFoundError:
+            return 0
 
     def give_turn(self) -> None:
-        """Between two transactions of a run: on SQLite, let waiting writers in now and then."""
-        if self.turns and time.monotonic() - self.held_since >= SQLITE_HOLD:
+        """Between two transactions of a run: on SQLite, a writer who had to wait gets in now."""
+        if self.waiting is not None and (moved := self._flag_time()) != self.waited:
+            self.waited = moved
             time.sleep(SQLITE_TURN)
-            self.held_since = time.monotonic()
 
     def run(self, now: Callable[[], datetime], *, max_batches: int | None = None) -> Report:
         """Send everything due, batch after batch, over one transport session."""
         report = Report()
         batches = 0
-        self.held_since = time.monotonic()
         with self.transport.session() as connection:
             while max_batches is None or batches < max_batches:
                 moment = now()
