@@ -129,6 +129,9 @@ class BroadcastIssue:
     site: Site
     renderer: Renderer
     issues: dict[int, Content] = field(default_factory=dict)
+    # Compiled once per issue and magazine file, not per batch: its templates are strings, which
+    # Jinja2 does not cache as it does the files of steps.
+    templates: dict[tuple[int, str], MailTemplate] = field(default_factory=dict)
 
     def load(self, session: Session, rows: list[Claimed]) -> None:
         wanted = {row.broadcast_id for row in rows if row.broadcast_id is not None} - set(self.issues)
@@ -147,9 +150,11 @@ class BroadcastIssue:
         until = schedule.hold_for_quiet_hours(now, zone, self.site.quiet_hours)
         if until > now:  # quiet hours where this reader is: they get it when those end
             return Hold(until)
-        return Go(
-            ("broadcast", str(row.broadcast_id)), lambda: content.template(self.renderer, magazine, issue)
-        )
+        key = (row.broadcast_id or 0, magazine.fingerprint)
+        if key not in self.templates:
+            self.templates[key] = content.template(self.renderer, magazine, issue)
+        template = self.templates[key]
+        return Go(("broadcast", str(row.broadcast_id)), lambda: template)
 
 
 def kinds(site: Site, renderer: Renderer) -> dict[str, MailKind]:
