@@ -25,8 +25,9 @@ lint: install
 	$(UV) run --frozen ruff format --check mailer tests bench
 	$(UV) run --frozen mypy
 
-bench: install  ## smtp-sink (Postfix) and wrk when missing, then the send, tick and sign-up benchmarks
+bench: install  ## smtp-sink (Postfix) and wrk when missing, then the send, tick, sign-up and broadcast benchmarks
 	@scripts/install-bench-deps
 	$(UV) run --frozen python -m bench.send
 	$(UV) run --frozen python -m bench.tick
 	$(UV) run --frozen python -m bench.signup
+	$(UV) run --frozen python -m bench.broadcast

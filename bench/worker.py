@@ -73,7 +73,7 @@ def engine(args: argparse.Namespace) -> dict[str, object]:
 def limit(args: argparse.Namespace) -> dict[str, object]:
     """The ceiling: the same mail, prebuilt once, `sendmail`-ed `count` times over one connection."""
     runtime = Runtime(make_settings(args.home, "sqlite://", args.smtp_port))
-    message = sample_message(runtime)
+    message = args.message.read_bytes() if args.message else sample_message(runtime)
     sender = runtime.site.sender.address
     ready_and_wait()
     client = smtplib.SMTP("127.0.0.1", args.smtp_port)
@@ -92,6 +92,7 @@ def main() -> None:
     parser.add_argument("--database-url", default="sqlite://")
     parser.add_argument("--count", type=int, default=0)
     parser.add_argument("--offset", type=int, default=0)
+    parser.add_argument("--message", type=Path, default=None, help="limit: send these bytes (a mail)")
     parser.add_argument("--profile", type=Path, default=None, help="engine: write cProfile stats here")
     args = parser.parse_args()
     result = engine(args) if args.mode == "engine" else limit(args)
