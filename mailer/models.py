@@ -97,7 +97,14 @@ class Delivery(Base):
             postgresql_where=text("state IN ('pending', 'sending') AND kind != 'broadcast'"),
         ),
         Index("ix_deliveries_sequence_step", "sequence_id", "step_id"),
-        Index("ix_deliveries_broadcast", "broadcast_id", "state"),
+        # Partial: a seminar row never has an entry, so its every state change costs nothing here.
+        Index(
+            "ix_deliveries_broadcast",
+            "broadcast_id",
+            "state",
+            sqlite_where=text("broadcast_id IS NOT NULL"),
+            postgresql_where=text("broadcast_id IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

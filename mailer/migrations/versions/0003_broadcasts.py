@@ -55,7 +55,13 @@ def upgrade() -> None:
         sqlite_where=sa.text(_FIRST),
         postgresql_where=sa.text(_FIRST),
     )
-    op.create_index("ix_deliveries_broadcast", "deliveries", ["broadcast_id", "state"])
+    op.create_index(
+        "ix_deliveries_broadcast",
+        "deliveries",
+        ["broadcast_id", "state"],
+        sqlite_where=sa.text("broadcast_id IS NOT NULL"),
+        postgresql_where=sa.text("broadcast_id IS NOT NULL"),
+    )
 
 
 def downgrade() -> None:
