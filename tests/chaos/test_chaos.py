@@ -9,9 +9,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Iterator
 from functools import partial
-from pathlib import Path
 
 import httpx
 import pytest
@@ -28,10 +26,8 @@ from tests.chaos.stack import (
     running,
     seed_readers,
     wait_until,
-    write_chaos_site,
 )
-from tests.conftest import SECRET, Sink
-from tests.services import PostgresServer, postgres_server, redis_server
+from tests.conftest import SECRET
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow, pytest.mark.timeout(420)]
 
@@ -39,24 +35,6 @@ READERS = 2000  # the full run; the fault tests use FAULT_READERS to stay within
 FAULT_READERS = 1000
 CONCURRENCY = 2  # threads per `mailer worker` in docker-compose.yml
 COMMIT_EVERY = 10  # the chaos site's delivery.commit_every: the most one thread has in flight
-
-
-@pytest.fixture(scope="module")
-def chaos_postgres() -> Iterator[PostgresServer]:
-    """A server of this module's own: one test takes it away for 20 seconds."""
-    with postgres_server() as server:
-        yield server
-
-
-@pytest.fixture
-def stack(home: Path, chaos_postgres: PostgresServer, sink: Sink, tmp_path: Path) -> Iterator[Stack]:
-    write_chaos_site(home)
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    with redis_server() as redis:
-        stack = Stack(home, chaos_postgres, chaos_postgres.new_database(), redis, sink, logs)
-        yield stack
-        stack.runtime.close()
 
 
 def addresses(count: int) -> list[str]:
