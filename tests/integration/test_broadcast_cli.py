@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import email
 import email.policy
+import re
+import shlex
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -107,6 +110,37 @@ def test_send_wait_piped_prints_plain_lines_until_the_issue_is_out(home: Path, s
     assert stdout.rstrip().endswith("issue 1 sent")
     assert "\x1b[" not in stdout
     assert len(outbox(home)) == 3
+
+
+@pytest.mark.skipif(shutil.which("script") is None, reason="util-linux `script` gives the command a terminal")
+def test_send_wait_on_a_terminal_shows_a_progress_bar(home: Path, store: Runtime) -> None:
+    """On a terminal `send --wait` draws a bar of sent / total until the issue is out."""
+    issue_folder(home)
+    run_mailer(home, "broadcast", "create", "issues/2026-12")
+    command = f"{shlex.quote(sys.executable)} -m mailer broadcast send 1 --wait"
+    env = mailer_env(home) | {"COLUMNS": "100", "TERM": "xterm"}
+    env.pop("NO_COLOR")
+    waiting = subprocess.Popen(
+        ["script", "-qec", command, "/dev/null"],
+        cwd=home,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(20):
+            run_mailer(home, "tick")
+            if waiting.poll() is not None:
+                break
+        screen, _ = waiting.communicate(timeout=30)
+    finally:
+        waiting.kill()
+    shown = re.sub(rb"\x1b\[[0-9;?]*[a-zA-Z]", b"", screen).decode()
+    assert waiting.returncode == 0
+    assert "━" in shown
+    assert "3/3" in shown
+    assert "issue 1 sent" in shown
 
 
 @pytest.mark.parametrize(
