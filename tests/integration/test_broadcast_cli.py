@@ -12,6 +12,7 @@ import sys
 from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from sqlalchemy import func, select
@@ -85,6 +86,22 @@ def test_an_issue_from_create_to_sent(home: Path, store: Runtime) -> None:
     assert "│  1 │ sent" in listed
 
 
+Printed = TypeVar("Printed", str, bytes)
+
+
+def ticked_until_done(home: Path, waiting: subprocess.Popen[Printed]) -> Printed:
+    """A worker's part, done by ticks until the waiting command returns; what it printed."""
+    try:
+        for _ in range(20):
+            run_mailer(home, "tick")
+            if waiting.poll() is not None:
+                break
+        printed, _ = waiting.communicate(timeout=30)
+    finally:
+        waiting.kill()
+    return printed
+
+
 def test_send_wait_piped_prints_plain_lines_until_the_issue_is_out(home: Path, store: Runtime) -> None:
     """`send --wait` into a pipe prints plain progress lines, no bar, and returns once it is sent."""
     issue_folder(home)
@@ -97,14 +114,7 @@ def test_send_wait_piped_prints_plain_lines_until_the_issue_is_out(home: Path, s
         stderr=subprocess.PIPE,
         text=True,
     )
-    try:
-        for _ in range(20):  # a worker's part, done by ticks until the waiting command returns
-            run_mailer(home, "tick")
-            if waiting.poll() is not None:
-                break
-        stdout, _stderr = waiting.communicate(timeout=30)
-    finally:
-        waiting.kill()
+    stdout = ticked_until_done(home, waiting)
     assert waiting.returncode == 0
     assert "sent 3/3" in stdout
     assert stdout.rstrip().endswith("issue 1 sent")
@@ -128,14 +138,7 @@ def test_send_wait_on_a_terminal_shows_a_progress_bar(home: Path, store: Runtime
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
     )
-    try:
-        for _ in range(20):
-            run_mailer(home, "tick")
-            if waiting.poll() is not None:
-                break
-        screen, _ = waiting.communicate(timeout=30)
-    finally:
-        waiting.kill()
+    screen = ticked_until_done(home, waiting)
     shown = re.sub(rb"\x1b\[[0-9;?]*[a-zA-Z]", b"", screen).decode()
     assert waiting.returncode == 0
     assert "━" in shown
