@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import random
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -30,6 +31,10 @@ log = logging.getLogger(__name__)
 # pending or confirmed: the work differs by a few milliseconds, which one request could measure.
 # Above the work's usual time on a quiet server; under load the queue's noise is far wider.
 ANSWER_AFTER = 0.025
+# The event loop's timers wake on a millisecond grid counted from when the wait began, so a fixed
+# deadline would still be met later or sooner by the work's fraction of a millisecond. A deadline
+# spread evenly over one grid step makes the wait's overshoot the same for every kind of answer.
+TIMER_GRID = 0.001
 
 
 class RateLimited:
@@ -110,8 +115,9 @@ class Reader:
         if isinstance(outcome, Refusal):
             return self.form(422, self.t(f"error.{outcome.reason}", provider=outcome.provider), **values)
         # The same answer for a new, a pending and a confirmed address, at the same time: the work
-        # behind it differs, so it is not given before ANSWER_AFTER has passed.
-        await asyncio.sleep(ANSWER_AFTER - (time.monotonic() - started))
+        # behind it differs, so it is not given before ANSWER_AFTER (and a spread) has passed.
+        deadline = started + ANSWER_AFTER + random.uniform(0, TIMER_GRID)  # noqa: S311  # not a secret
+        await asyncio.sleep(deadline - time.monotonic())
         return self.pages.same("message.html", **self.thanks)
 
     def record(self, session: Session, req: signup.SignupRequest) -> signup.Accepted | Refusal | RateLimited:
