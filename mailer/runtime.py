@@ -128,7 +128,7 @@ class Runtime:
     def plan(self, now: datetime) -> int:
         """Apply seminar edits, turn every due cursor into a ledger row, and move the magazine's
         issues on (start what is due, hold what is late, write audiences). Rows planned."""
-        catalog = self.catalog()
+        catalog = self.catalogs.get(fresh=True)  # an edit counts from the next tick
         with session_scope(self.sessions) as session:
             planner.apply_edits(session, self.site, catalog, now)
         planned = planner.plan_due(self.sessions, self.site, catalog, now)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
 import tomllib
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from mailer.errors import SequenceError
+from mailer.stamps import RECHECK, FolderStamp, Stamp
 
 ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,99}$")
 TOP_KEYS = {"title", "timezone", "send_at", "then", "steps"}
@@ -225,24 +225,16 @@ def load_catalog_strict(home: Path) -> Catalog:
 class CatalogCache:
     """The catalog, re-read when a file changes; a broken edit keeps the last good one running."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, *, recheck: float = RECHECK) -> None:
         self.home = home
-        self._stamp: tuple[tuple[str, int, int], ...] | None = None
+        self._files = FolderStamp(home / "sequences", ".toml", recheck=recheck)
+        self._stamp: Stamp | None = None
         self._catalog: Catalog | None = None
         self.errors: list[str] = []
 
-    def _current_stamp(self) -> tuple[tuple[str, int, int], ...]:
-        # Taken on every read (each sign-up, each batch sent): one scandir, no pathlib globbing.
-        stamps = []
-        with os.scandir(self.home / "sequences") as entries:
-            for entry in entries:
-                if entry.name.endswith(".toml") and entry.is_file():
-                    stat = entry.stat()
-                    stamps.append((entry.name, stat.st_mtime_ns, stat.st_size))
-        return tuple(sorted(stamps))
-
-    def get(self) -> Catalog:
-        stamp = self._current_stamp()
+    def get(self, *, fresh: bool = False) -> Catalog:
+        """The catalog as the files are: within a second, or at once when `fresh`."""
+        stamp = self._files.current(fresh=fresh)
         if stamp != self._stamp:
             catalog, errors = load_catalog(self.home)
             self.errors = errors

@@ -379,7 +379,7 @@ def test_error_line_is_right_with_spaced_table_headers(tmp_path: Path) -> None:
 def test_cache_keeps_the_last_good_catalog_when_a_file_breaks(tmp_path: Path) -> None:
     """A broken edit to a live seminar does not stop mail: the last good catalog stays in use."""
     path = write(tmp_path, "seminar", GOOD)
-    cache = CatalogCache(tmp_path)
+    cache = CatalogCache(tmp_path, recheck=0)
     good = cache.get()
     assert cache.errors == []
 
@@ -391,7 +391,7 @@ def test_cache_keeps_the_last_good_catalog_when_a_file_breaks(tmp_path: Path) ->
 def test_a_kept_back_edit_is_logged_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Each broken edit logs one warning naming its first error, however often the catalog is read."""
     path = write(tmp_path, "seminar", GOOD)
-    cache = CatalogCache(tmp_path)
+    cache = CatalogCache(tmp_path, recheck=0)
     good = cache.get()
 
     path.write_text(GOOD + "\n[[steps]]\nid = 'lesson-2'\ndya = 3\n", encoding="utf-8")
@@ -414,7 +414,7 @@ def test_a_kept_back_edit_is_logged_once(tmp_path: Path, caplog: pytest.LogCaptu
 def test_cache_picks_up_a_valid_edit(tmp_path: Path) -> None:
     """A valid edit is used at the next read, even after a broken one."""
     path = write(tmp_path, "seminar", GOOD)
-    cache = CatalogCache(tmp_path)
+    cache = CatalogCache(tmp_path, recheck=0)
     before = cache.get().get("seminar")
 
     path.write_text(GOOD + "\n[[steps]]\nday = 3\n", encoding="utf-8")  # broken: no id
